@@ -1,0 +1,710 @@
+//! The registrar for one shard of credentials (SPEC §3.2; RFC 3261 §10.3).
+//!
+//! Owns: bindings and per-credential registration state (last accepted time, nonce-count
+//! tracking) of the credentials whose key hashes to this shard, and the policy that answers a
+//! REGISTER. Sans-IO: `handle_register(now, source, request)` returns an [`Answer`] (a small,
+//! copyable recipe of the response) plus [`Effects`] for the security layer; the runtime writes
+//! and sends. Time is unix milliseconds passed in; nothing here reads a clock.
+//! Must not: touch sockets, the store, or other shards' state.
+
+pub mod response;
+
+use crate::config::{OnConflict, RegistrarConfig};
+use crate::sip::digest::{self, Algorithm, Nonce, NonceCheck, NonceKey, Qop};
+use crate::sip::headers::{self, Contacts, DigestCredentials, RequestHeaders};
+use crate::sip::scan::{HeaderName, Message};
+use crate::store::snapshot::{credential_key, CredentialAuth, Snapshot};
+use crate::timer::TimerWheel;
+use smallvec::SmallVec;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// RFC 3261 §10.2.1.1: a contact without an expiry asks for 3600 s.
+const DEFAULT_REQUESTED_EXPIRES: u32 = 3600;
+/// Nonces tracked per credential for the nonce-count replay check.
+const TRACKED_NONCES: usize = 4;
+
+/// Which shard owns a credential: stable across threads and restarts (FNV-1a of the key).
+pub fn shard_of(key: &[u8], shards: usize) -> usize {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in key {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+    pub fn parse(s: &str) -> Transport {
+        match s {
+            "tcp" => Transport::Tcp,
+            "tls" => Transport::Tls,
+            _ => Transport::Udp,
+        }
+    }
+}
+
+/// A bitmask over `RegistrarConfig::algorithms` positions (bit i = the i-th configured one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AlgMask(pub u8);
+
+/// How a REGISTER is answered. Small and `Copy`: the transaction layer keeps it to answer
+/// retransmissions by regenerating the same bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// 401 with one WWW-Authenticate per algorithm in `algs`.
+    Challenge {
+        nonce: Nonce,
+        stale: bool,
+        algs: AlgMask,
+    },
+    /// 200 echoing the request's contacts with their granted expiry.
+    Registered { expires: u32 },
+    /// 200 after removing bindings (`Expires: 0`, `Contact: *`) or for a query: lists what remains.
+    Bindings,
+    /// 403 Forbidden: authentication failed.
+    Forbidden,
+    /// 403 "Credential in use": another PBX holds the credential (`on_conflict = "reject"`).
+    InUse,
+    /// 423 with Min-Expires.
+    IntervalTooBrief { min: u32 },
+    /// 429 (or the configured status) with Retry-After.
+    Throttled { status: u16, retry_after: u32 },
+    /// 400 with the reason phrase given.
+    BadRequest(&'static str),
+}
+
+impl Answer {
+    pub fn code(&self) -> u16 {
+        match self {
+            Answer::Challenge { .. } => 401,
+            Answer::Registered { .. } | Answer::Bindings => 200,
+            Answer::Forbidden | Answer::InUse => 403,
+            Answer::IntervalTooBrief { .. } => 423,
+            Answer::Throttled { status, .. } => *status,
+            Answer::BadRequest(_) => 400,
+        }
+    }
+}
+
+/// Why a REGISTER was refused, as `sipedge_register_rejected_total{reason}` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    Auth,
+    Throttled,
+    Conflict,
+    Interval,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 4] = [
+        RejectReason::Auth,
+        RejectReason::Throttled,
+        RejectReason::Conflict,
+        RejectReason::Interval,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Auth => "auth",
+            RejectReason::Throttled => "throttled",
+            RejectReason::Conflict => "conflict",
+            RejectReason::Interval => "interval",
+        }
+    }
+}
+
+/// What the security layer must count about this request's source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    pub auth_failure: bool,
+    pub throttled: bool,
+    pub rejected: Option<RejectReason>,
+}
+
+/// One registered contact of a credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub contact: String,
+    /// The observed source: requests to the PBX go here, not to the Contact host (NAT).
+    pub source: SocketAddr,
+    pub transport: Transport,
+    pub user_agent: String,
+    pub call_id: String,
+    pub cseq: u32,
+    pub registered_at_ms: u64,
+    pub expires_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct NonceUse {
+    /// MAC bytes of the nonce as an id; 0 = free slot.
+    id: u64,
+    issued_s: u64,
+    last_nc: u32,
+}
+
+/// Per-credential registration state.
+pub struct CredState {
+    /// `username@realm` (realm lower-cased).
+    pub key: Box<[u8]>,
+    pub username: Box<str>,
+    pub realm: Box<str>,
+    pub bindings: SmallVec<[Binding; 1]>,
+    last_accepted_ms: Option<u64>,
+    nonces: [NonceUse; TRACKED_NONCES],
+    dirty: bool,
+}
+
+impl CredState {
+    fn new(username: &str, realm: &str) -> CredState {
+        let mut key = SmallVec::<[u8; 128]>::new();
+        credential_key(username.as_bytes(), realm.as_bytes(), &mut key);
+        CredState {
+            key: key.as_slice().into(),
+            username: username.into(),
+            realm: realm.to_ascii_lowercase().into(),
+            bindings: SmallVec::new(),
+            last_accepted_ms: None,
+            nonces: [NonceUse::default(); TRACKED_NONCES],
+            dirty: false,
+        }
+    }
+}
+
+/// A credential's bindings changed: the persister writes its whole current set.
+pub struct DirtyCredential<'a> {
+    pub username: &'a str,
+    pub realm: &'a str,
+    pub bindings: &'a [Binding],
+}
+
+pub struct Registrar {
+    cfg: RegistrarConfig,
+    nonce_key: NonceKey,
+    nonce_salt: u32,
+    index: HashMap<Box<[u8]>, u32>,
+    slots: Vec<CredState>,
+    expiry: TimerWheel<u32>,
+    expired_scratch: Vec<u32>,
+    dirty: Vec<u32>,
+    active: usize,
+}
+
+impl Registrar {
+    /// `salt_base` keeps nonces of different shards distinct within a second.
+    pub fn new(
+        cfg: RegistrarConfig,
+        nonce_key: NonceKey,
+        salt_base: u32,
+        now_ms: u64,
+    ) -> Registrar {
+        Registrar {
+            cfg,
+            nonce_key,
+            nonce_salt: salt_base,
+            index: HashMap::new(),
+            slots: Vec::new(),
+            expiry: TimerWheel::new(100, 1024, now_ms),
+            expired_scratch: Vec::new(),
+            dirty: Vec::new(),
+            active: 0,
+        }
+    }
+
+    pub fn config(&self) -> &RegistrarConfig {
+        &self.cfg
+    }
+
+    /// Live bindings in this shard.
+    pub fn active_bindings(&self) -> usize {
+        self.active
+    }
+
+    pub fn bindings_of(&self, username: &str, realm: &str) -> &[Binding] {
+        let mut key = SmallVec::<[u8; 128]>::new();
+        credential_key(username.as_bytes(), realm.as_bytes(), &mut key);
+        match self.index.get(&key[..]) {
+            Some(&slot) => &self.slots[slot as usize].bindings,
+            None => &[],
+        }
+    }
+
+    /// Every credential state with at least one binding.
+    pub fn iter_bound(&self) -> impl Iterator<Item = &CredState> {
+        self.slots.iter().filter(|c| !c.bindings.is_empty())
+    }
+
+    fn mint_nonce(&mut self, now_ms: u64) -> Nonce {
+        self.nonce_salt = self.nonce_salt.wrapping_add(1);
+        self.nonce_key.mint(now_ms / 1000, self.nonce_salt)
+    }
+
+    /// The algorithms to offer: configured ones the credential has hashes for (all configured
+    /// ones for an unknown user, so that existence does not leak).
+    fn offer(&self, cred: Option<&CredentialAuth>) -> AlgMask {
+        let mut mask = 0u8;
+        for (i, alg) in self.cfg.algorithms.iter().enumerate() {
+            if cred.is_none_or(|c| c.hashes(*alg).is_some()) {
+                mask |= 1 << i;
+            }
+        }
+        AlgMask(mask)
+    }
+
+    fn challenge(&mut self, now_ms: u64, stale: bool, cred: Option<&CredentialAuth>) -> Answer {
+        let mut algs = self.offer(cred);
+        if algs.0 == 0 {
+            // A credential with no hashes for any configured algorithm cannot authenticate; still
+            // answer like for anyone else.
+            algs = self.offer(None);
+        }
+        Answer::Challenge {
+            nonce: self.mint_nonce(now_ms),
+            stale,
+            algs,
+        }
+    }
+
+    /// Answers one REGISTER (SPEC §3.2, checks in its order after drop and parse).
+    ///
+    /// A REGISTER without Authorization touches no shard state (the nonce is stateless), so any
+    /// shard's registrar may answer it; everything else must go to the credential's owner shard.
+    pub fn handle_register(
+        &mut self,
+        now_ms: u64,
+        source: SocketAddr,
+        transport: Transport,
+        msg: &Message<'_>,
+        req: &RequestHeaders<'_>,
+        snap: &Snapshot,
+    ) -> (Answer, Effects) {
+        let realm = snap.realm_for_host(req.to.uri.host);
+        let to_user = req.to.uri.user.unwrap_or_default();
+        let cred = snap.credential(to_user, realm);
+
+        // -- authentication (401/403) --
+        let Some(auth) = find_credentials(msg, realm) else {
+            return (self.challenge(now_ms, false, cred), Effects::default());
+        };
+        let auth_failed = Effects {
+            auth_failure: true,
+            throttled: false,
+            rejected: Some(RejectReason::Auth),
+        };
+        let alg = match auth.algorithm {
+            None => Algorithm::Md5,
+            Some(a) => match Algorithm::parse(a) {
+                Some(a) if self.cfg.algorithms.contains(&a) => a,
+                _ => return (self.challenge(now_ms, false, cred), Effects::default()),
+            },
+        };
+        let issued_s =
+            match self
+                .nonce_key
+                .check(auth.nonce, now_ms / 1000, u64::from(self.cfg.nonce_ttl_s))
+            {
+                NonceCheck::Valid { issued } => issued,
+                NonceCheck::Stale => {
+                    return (self.challenge(now_ms, true, cred), Effects::default())
+                }
+                // Not ours: a fresh challenge, not stale, and it counts against the source.
+                NonceCheck::Forged => return (self.challenge(now_ms, false, cred), auth_failed),
+            };
+        // The digest username is `user` (HA1) or `user@realm` (HA1b); either way it must name the
+        // To user, or one credential could register another's address.
+        let (digest_user, use_ha1b) = split_user_realm(auth.username, realm);
+        let Some(cred) = cred.filter(|_| digest_user == to_user) else {
+            return (Answer::Forbidden, auth_failed);
+        };
+        let Some(hashes) = cred.hashes(alg) else {
+            return (Answer::Forbidden, auth_failed);
+        };
+        let qop = match (auth.qop, auth.nc, auth.cnonce) {
+            (Some(q), Some(nc), Some(cnonce)) if q.eq_ignore_ascii_case(b"auth") => {
+                Some(Qop { qop: q, nc, cnonce })
+            }
+            (None, _, _) => None,
+            _ => return (Answer::BadRequest("Bad Authorization"), Effects::default()),
+        };
+        let ha1 = if use_ha1b {
+            hashes.ha1b.as_bytes()
+        } else {
+            hashes.ha1.as_bytes()
+        };
+        if !digest::verify(
+            alg,
+            ha1,
+            b"REGISTER",
+            auth.uri,
+            auth.nonce,
+            qop,
+            auth.response,
+        ) {
+            return (Answer::Forbidden, auth_failed);
+        }
+        let nc = match qop {
+            Some(q) => match digest::parse_nc(q.nc) {
+                Some(nc) if nc > 0 => nc,
+                _ => return (Answer::Forbidden, auth_failed),
+            },
+            None => 1,
+        };
+
+        // Authenticated. From here on, state for this credential exists.
+        let slot = self.slot_for(cred);
+        match self.slots[slot].check_nonce_count(nonce_id(auth.nonce), issued_s, nc) {
+            NonceUseCheck::Fresh => {}
+            NonceUseCheck::Replay if qop.is_some() => return (Answer::Forbidden, auth_failed),
+            // Without qop there is no nonce-count: a reused nonce just gets a new one.
+            NonceUseCheck::Replay | NonceUseCheck::TooOld => {
+                return (self.challenge(now_ms, true, Some(cred)), Effects::default())
+            }
+        }
+
+        // -- unregister (200) --
+        let contacts = match headers::contacts(msg) {
+            Ok(c) => c,
+            Err(_) => return (Answer::BadRequest("Bad Contact"), Effects::default()),
+        };
+        let header_expires = msg.header(HeaderName::Expires).and_then(headers::parse_u32);
+        let list = match contacts {
+            Contacts::Star => {
+                //= https://www.rfc-editor.org/rfc/rfc3261#section-10.3
+                //# If the request contains a Contact header field with "*", the request MUST
+                //# contain an Expires header field with value 0 ... else ... 400
+                if header_expires != Some(0) {
+                    return (
+                        Answer::BadRequest("Contact * needs Expires 0"),
+                        Effects::default(),
+                    );
+                }
+                self.remove_bindings(slot, |_| true);
+                return (Answer::Bindings, Effects::default());
+            }
+            Contacts::List(list) => list,
+        };
+        if list.is_empty() {
+            // A query: list the current bindings.
+            return (Answer::Bindings, Effects::default());
+        }
+        let requested = |c: &headers::ContactEntry<'_>| {
+            c.expires
+                .or(header_expires)
+                .unwrap_or(DEFAULT_REQUESTED_EXPIRES)
+        };
+        if list.iter().all(|c| requested(c) == 0) {
+            self.remove_bindings(slot, |b| {
+                list.iter()
+                    .any(|c| same_uri(c.addr.uri_raw, b.contact.as_bytes()))
+                    || b.source.ip() == source.ip()
+            });
+            return (Answer::Bindings, Effects::default());
+        }
+
+        // -- 423 --
+        let min_requested = list
+            .iter()
+            .map(requested)
+            .filter(|&e| e != 0)
+            .min()
+            .unwrap_or(DEFAULT_REQUESTED_EXPIRES);
+        if min_requested < self.cfg.min_expires_s {
+            return (
+                Answer::IntervalTooBrief {
+                    min: self.cfg.min_expires_s,
+                },
+                Effects {
+                    rejected: Some(RejectReason::Interval),
+                    ..Effects::default()
+                },
+            );
+        }
+
+        // -- conflict --
+        self.expire_slot(slot, now_ms);
+        let state = &self.slots[slot];
+        let other_ips = state
+            .bindings
+            .iter()
+            .filter(|b| b.source.ip() != source.ip())
+            .count();
+        let same_ip = state.bindings.len() - other_ips;
+        let conflict = same_ip == 0 && other_ips >= self.cfg.max_contacts as usize;
+        if conflict && self.cfg.on_conflict == OnConflict::Reject {
+            return (
+                Answer::InUse,
+                Effects {
+                    rejected: Some(RejectReason::Conflict),
+                    ..Effects::default()
+                },
+            );
+        }
+
+        // -- 429 --
+        if let Some(last) = state.last_accepted_ms {
+            let next_allowed = last + u64::from(self.cfg.min_interval_s) * 1000;
+            if now_ms < next_allowed {
+                let retry_after = (next_allowed - now_ms).div_ceil(1000) as u32;
+                return (
+                    Answer::Throttled {
+                        status: self.cfg.throttle_status,
+                        retry_after: retry_after.max(1),
+                    },
+                    Effects {
+                        throttled: true,
+                        rejected: Some(RejectReason::Throttled),
+                        ..Effects::default()
+                    },
+                );
+            }
+        }
+
+        // -- accept --
+        let granted = min_requested.min(self.cfg.max_expires_s);
+        let user_agent = msg.header(HeaderName::UserAgent).unwrap_or_default();
+        let first = &list[0];
+        let expires_at_ms = now_ms + u64::from(granted) * 1000;
+        let state = &mut self.slots[slot];
+        let existing = state
+            .bindings
+            .iter()
+            .position(|b| b.source.ip() == source.ip());
+        let idx = match existing {
+            Some(i) => i,
+            None => {
+                if state.bindings.len() >= self.cfg.max_contacts as usize {
+                    // on_conflict = replace: the oldest binding gives way.
+                    let oldest = (0..state.bindings.len())
+                        .min_by_key(|&i| state.bindings[i].registered_at_ms)
+                        .unwrap_or(0);
+                    state.bindings.remove(oldest);
+                    self.active -= 1;
+                }
+                state.bindings.push(Binding {
+                    contact: String::new(),
+                    source,
+                    transport,
+                    user_agent: String::new(),
+                    call_id: String::new(),
+                    cseq: 0,
+                    registered_at_ms: now_ms,
+                    expires_at_ms,
+                });
+                self.active += 1;
+                state.bindings.len() - 1
+            }
+        };
+        let b = &mut state.bindings[idx];
+        set_lossy(&mut b.contact, first.addr.uri_raw);
+        set_lossy(&mut b.user_agent, user_agent);
+        set_lossy(&mut b.call_id, req.call_id);
+        b.cseq = req.cseq.seq;
+        b.source = source;
+        b.transport = transport;
+        b.registered_at_ms = now_ms;
+        b.expires_at_ms = expires_at_ms;
+        state.last_accepted_ms = Some(now_ms);
+        self.mark_dirty(slot);
+        self.expiry.insert(expires_at_ms, slot as u32);
+        (Answer::Registered { expires: granted }, Effects::default())
+    }
+
+    fn slot_for(&mut self, cred: &CredentialAuth) -> usize {
+        let mut key = SmallVec::<[u8; 128]>::new();
+        credential_key(cred.username.as_bytes(), cred.realm.as_bytes(), &mut key);
+        if let Some(&slot) = self.index.get(&key[..]) {
+            return slot as usize;
+        }
+        let state = CredState::new(&cred.username, &cred.realm);
+        self.insert_state(state)
+    }
+
+    fn insert_state(&mut self, state: CredState) -> usize {
+        let slot = self.slots.len();
+        self.index.insert(state.key.clone(), slot as u32);
+        self.slots.push(state);
+        slot
+    }
+
+    fn mark_dirty(&mut self, slot: usize) {
+        let s = &mut self.slots[slot];
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push(slot as u32);
+        }
+    }
+
+    fn remove_bindings(&mut self, slot: usize, pred: impl Fn(&Binding) -> bool) {
+        let state = &mut self.slots[slot];
+        let before = state.bindings.len();
+        state.bindings.retain(|b| !pred(b));
+        let removed = before - state.bindings.len();
+        if removed > 0 {
+            self.active -= removed;
+            self.mark_dirty(slot);
+        }
+    }
+
+    fn expire_slot(&mut self, slot: usize, now_ms: u64) {
+        self.remove_bindings(slot, |b| b.expires_at_ms <= now_ms);
+    }
+
+    /// Drops expired bindings; call at least every few hundred milliseconds.
+    pub fn expire(&mut self, now_ms: u64) {
+        let mut due = std::mem::take(&mut self.expired_scratch);
+        self.expiry.expire(now_ms, &mut due);
+        for slot in due.drain(..) {
+            self.expire_slot(slot as usize, now_ms);
+        }
+        self.expired_scratch = due;
+    }
+
+    /// Hands the credentials whose bindings changed since the last call to `f`, then forgets them.
+    pub fn drain_dirty(&mut self, mut f: impl FnMut(DirtyCredential<'_>)) {
+        for slot in self.dirty.drain(..) {
+            let s = &mut self.slots[slot as usize];
+            s.dirty = false;
+            f(DirtyCredential {
+                username: &s.username,
+                realm: &s.realm,
+                bindings: &s.bindings,
+            });
+        }
+    }
+
+    /// Restores a persisted binding (start-up). Expired ones are ignored.
+    pub fn restore(&mut self, username: &str, realm: &str, binding: Binding, now_ms: u64) {
+        if binding.expires_at_ms <= now_ms {
+            return;
+        }
+        let mut key = SmallVec::<[u8; 128]>::new();
+        credential_key(username.as_bytes(), realm.as_bytes(), &mut key);
+        let slot = match self.index.get(&key[..]) {
+            Some(&s) => s as usize,
+            None => self.insert_state(CredState::new(username, realm)),
+        };
+        let state = &mut self.slots[slot];
+        let registered = binding.registered_at_ms;
+        self.expiry.insert(binding.expires_at_ms, slot as u32);
+        state.bindings.push(binding);
+        state.last_accepted_ms = Some(
+            state
+                .last_accepted_ms
+                .map_or(registered, |l| l.max(registered)),
+        );
+        self.active += 1;
+    }
+
+    /// After a provisioning change: bindings of credentials that no longer exist are dropped.
+    pub fn retain_provisioned(&mut self, snap: &Snapshot) {
+        for slot in 0..self.slots.len() {
+            let s = &self.slots[slot];
+            if !s.bindings.is_empty() && !snap.credentials.contains_key(&s.key) {
+                self.remove_bindings(slot, |_| true);
+                self.slots[slot].last_accepted_ms = None;
+            }
+        }
+    }
+}
+
+enum NonceUseCheck {
+    Fresh,
+    Replay,
+    /// Older than every nonce tracked while all slots are in use: cannot prove it is not a replay.
+    TooOld,
+}
+
+impl CredState {
+    //= https://www.rfc-editor.org/rfc/rfc7616#section-3.4
+    //# The nc value ... allows the server to detect request replays by maintaining its own copy
+    //# of this count -- if the same nc value is seen twice, then the request is a replay.
+    fn check_nonce_count(&mut self, id: u64, issued_s: u64, nc: u32) -> NonceUseCheck {
+        if let Some(u) = self.nonces.iter_mut().find(|u| u.id == id) {
+            if nc <= u.last_nc {
+                return NonceUseCheck::Replay;
+            }
+            u.last_nc = nc;
+            return NonceUseCheck::Fresh;
+        }
+        let (oldest, _) = self
+            .nonces
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, u)| (u.id != 0, u.issued_s))
+            .unwrap_or((0, &self.nonces[0]));
+        let victim = self.nonces[oldest];
+        if victim.id != 0 && issued_s <= victim.issued_s {
+            return NonceUseCheck::TooOld;
+        }
+        self.nonces[oldest] = NonceUse {
+            id,
+            issued_s,
+            last_nc: nc,
+        };
+        NonceUseCheck::Fresh
+    }
+}
+
+/// The nonce's MAC bytes (its last 16 hex chars) as an id.
+fn nonce_id(nonce: &[u8]) -> u64 {
+    let tail = &nonce[nonce.len().saturating_sub(16)..];
+    let mut id = 0u64;
+    for &b in tail {
+        id = id.rotate_left(5) ^ u64::from(b);
+    }
+    id | 1
+}
+
+/// The Authorization header for our realm (a request may carry several, RFC 3261 §22.4).
+fn find_credentials<'a>(msg: &Message<'a>, realm: &[u8]) -> Option<DigestCredentials<'a>> {
+    let mut first = None;
+    for value in msg.headers_named(HeaderName::Authorization) {
+        if let Ok(c) = headers::parse_digest_credentials(value) {
+            if c.realm.eq_ignore_ascii_case(realm) {
+                return Some(c);
+            }
+            first.get_or_insert(c);
+        }
+    }
+    first
+}
+
+/// `user@realm` (HA1b form) -> (user, true); `user` -> (user, false).
+fn split_user_realm<'a>(username: &'a [u8], realm: &[u8]) -> (&'a [u8], bool) {
+    if let Some(at) = memchr::memrchr(b'@', username) {
+        if username[at + 1..].eq_ignore_ascii_case(realm) {
+            return (&username[..at], true);
+        }
+    }
+    (username, false)
+}
+
+fn same_uri(a: &[u8], b: &[u8]) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// Reuses the String's capacity (a refresh does not allocate).
+fn set_lossy(s: &mut String, bytes: &[u8]) {
+    s.clear();
+    match std::str::from_utf8(bytes) {
+        Ok(t) => s.push_str(t),
+        Err(_) => s.push_str(&String::from_utf8_lossy(bytes)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,333 @@
+//! The I/O shell: sockets, pinned worker threads, the hand-off fabric between them, the binding
+//! persister thread, the admin thread, and signals.
+//!
+//! Owns: everything that touches the OS. The protocol decisions live in `sip`, `registrar` and
+//! `security`; this module feeds them bytes and time and carries out what they return.
+
+pub mod udp;
+pub mod worker;
+
+use crate::config::{Config, Transport as ListenTransport};
+use crate::registrar::response::Opaque;
+use crate::registrar::{shard_of, Binding, Registrar, Transport};
+use crate::security::{Ban, SourceGuard};
+use crate::sip::digest::NonceKey;
+use crate::stats::WorkerStats;
+use crate::store::snapshot::credential_key;
+use crate::store::{BindingRow, Store};
+use anyhow::{anyhow, bail, Context as _};
+use arc_swap::ArcSwap;
+use crossbeam_channel::{bounded, Sender};
+use mio::{Poll, Waker};
+use smallvec::SmallVec;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+use worker::{unix_now, Worker, WorkerParts, WAKER};
+
+/// Messages for a worker from the control plane.
+pub enum Control {
+    /// Reply with a copy of the worker's stats (a scrape).
+    Collect(Sender<Box<WorkerStats>>),
+    Shutdown,
+}
+
+/// Messages between workers (and ban changes from the control plane).
+pub enum Handoff {
+    /// A datagram whose state this worker owns, received by another worker.
+    Request {
+        data: Vec<u8>,
+        src: SocketAddr,
+        arrived_ns: u64,
+        from: usize,
+    },
+    /// Counted by the IP's owner worker.
+    Security(SecurityEvent),
+    Ban(Ban),
+    LiftBan(IpAddr),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum SecurityEvent {
+    AuthFailure { ip: IpAddr, at_ms: u64 },
+    Throttled { ip: IpAddr, at_ms: u64 },
+}
+
+/// How to reach a worker.
+#[derive(Clone)]
+pub struct Peer {
+    pub handoff: Sender<Handoff>,
+    pub control: Sender<Control>,
+    /// Hand-off buffers coming home to be reused.
+    pub returns: Sender<Vec<u8>>,
+    pub waker: Arc<Waker>,
+    /// Set while the worker sleeps in `poll`: only then does a sender pay for a wake-up.
+    pub parked: Arc<AtomicBool>,
+}
+
+impl Peer {
+    pub fn wake(&self) {
+        let _ = self.waker.wake();
+    }
+}
+
+/// Credentials whose bindings changed: (username, realm, the complete current set).
+pub type PersistBatch = Vec<(String, String, Vec<BindingRow>)>;
+
+const HANDOFF_QUEUE: usize = 16 * 1024;
+const CONTROL_QUEUE: usize = 64;
+
+/// What the admin thread needs to reach the workers.
+pub struct Shared {
+    pub peers: Arc<Vec<Peer>>,
+    pub started: Instant,
+    pub config: Config,
+}
+
+impl Shared {
+    /// Every worker's stats; a worker that does not answer within a second is left out.
+    pub fn collect_stats(&self) -> Vec<WorkerStats> {
+        let (tx, rx) = bounded(self.peers.len());
+        for p in self.peers.iter() {
+            if p.control.send(Control::Collect(tx.clone())).is_ok() {
+                p.wake();
+            }
+        }
+        drop(tx);
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        let mut out: Vec<WorkerStats> = Vec::with_capacity(self.peers.len());
+        while out.len() < self.peers.len() {
+            match rx.recv_deadline(deadline) {
+                Ok(s) => out.push(*s),
+                Err(_) => break,
+            }
+        }
+        out.sort_by_key(|s| s.worker);
+        out
+    }
+}
+
+fn worker_count(cfg: &Config) -> usize {
+    if cfg.sip.workers > 0 {
+        return cfg.sip.workers;
+    }
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Runs the SBC until SIGTERM/SIGINT. Start-up failures come back as one error naming the cause.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let workers = worker_count(&config);
+
+    // --- everything that can fail at start, before anything is printed ---
+    let udp: Vec<SocketAddr> = config
+        .sip
+        .listen
+        .iter()
+        .filter(|l| l.transport == ListenTransport::Udp)
+        .map(|l| l.addr)
+        .collect();
+    if let Some(l) = config
+        .sip
+        .listen
+        .iter()
+        .find(|l| l.transport != ListenTransport::Udp)
+    {
+        bail!(
+            "sip.listen: {:?} listener {} is not supported yet (UDP only in this version)",
+            l.transport,
+            l.addr
+        );
+    }
+    let [sip_addr] = udp[..] else {
+        bail!("sip.listen: exactly one udp listener is supported in this version");
+    };
+    let store = Store::open(&config.store.path, &config.registrar.realm)
+        .map_err(|e| anyhow!("cannot open store {}: {e}", config.store.path.display()))?;
+    let snapshot = store
+        .snapshot(1)
+        .map_err(|e| anyhow!("cannot read store {}: {e}", config.store.path.display()))?;
+    let now_ms = unix_now().as_millis() as u64;
+    let restored = store.load_bindings(now_ms / 1000).map_err(|e| {
+        anyhow!(
+            "cannot read bindings from {}: {e}",
+            config.store.path.display()
+        )
+    })?;
+
+    let sip_addr =
+        udp::probe_port(sip_addr).with_context(|| format!("cannot bind udp {sip_addr}"))?;
+    let mut sockets = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        sockets.push(
+            udp::bind_reuseport(sip_addr).with_context(|| format!("cannot bind udp {sip_addr}"))?,
+        );
+    }
+    let admin_listener = std::net::TcpListener::bind(config.admin.listen)
+        .with_context(|| format!("cannot listen on admin {}", config.admin.listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    // --- shared state ---
+    let shared_snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+    let nonce_key = NonceKey::random();
+    let opaque = Arc::new(Opaque(random_hex16()));
+
+    let mut registrars: Vec<Registrar> = (0..workers)
+        .map(|i| {
+            Registrar::new(
+                config.registrar.clone(),
+                nonce_key.clone(),
+                (i as u32) << 24,
+                now_ms,
+            )
+        })
+        .collect();
+    let mut restored_count = 0usize;
+    for row in restored {
+        let Ok(ip) = row.source_ip.parse::<IpAddr>() else {
+            continue;
+        };
+        let mut key = SmallVec::<[u8; 128]>::new();
+        credential_key(row.username.as_bytes(), row.realm.as_bytes(), &mut key);
+        let shard = shard_of(&key, workers);
+        let binding = Binding {
+            contact: row.contact,
+            source: SocketAddr::new(ip, row.source_port),
+            transport: Transport::parse(&row.transport),
+            user_agent: row.user_agent,
+            call_id: row.call_id,
+            cseq: row.cseq,
+            registered_at_ms: row.registered_at_unix * 1000,
+            expires_at_ms: row.expires_at_unix * 1000,
+        };
+        registrars[shard].restore(&row.username, &row.realm, binding, now_ms);
+        restored_count += 1;
+    }
+
+    // --- the fabric between workers ---
+    let mut polls = Vec::with_capacity(workers);
+    let mut peers = Vec::with_capacity(workers);
+    let mut receivers = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let poll = Poll::new().context("cannot create the event loop")?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("cannot create a waker")?);
+        let (handoff_tx, handoff_rx) = bounded(HANDOFF_QUEUE);
+        let (control_tx, control_rx) = bounded(CONTROL_QUEUE);
+        let (returns_tx, returns_rx) = bounded(HANDOFF_QUEUE);
+        peers.push(Peer {
+            handoff: handoff_tx,
+            control: control_tx,
+            returns: returns_tx,
+            waker,
+            parked: Arc::new(AtomicBool::new(false)),
+        });
+        receivers.push((handoff_rx, control_rx, returns_rx));
+        polls.push(poll);
+    }
+    let peers = Arc::new(peers);
+
+    // --- threads ---
+    let (persist_tx, persist_rx) = crossbeam_channel::unbounded::<PersistBatch>();
+    let persister = std::thread::Builder::new()
+        .name("persister".into())
+        .spawn(move || {
+            for batch in persist_rx.iter() {
+                if let Err(e) = store.replace_bindings(&batch) {
+                    tracing::error!("cannot persist bindings: {e}");
+                }
+            }
+        })?;
+
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut handles: Vec<JoinHandle<()>> = Vec::with_capacity(workers);
+    for (id, ((socket, poll), ((handoff_rx, control_rx, returns_rx), registrar))) in sockets
+        .into_iter()
+        .zip(polls)
+        .zip(receivers.into_iter().zip(registrars))
+        .enumerate()
+    {
+        let w = Worker::new(WorkerParts {
+            id,
+            socket,
+            poll,
+            peers: peers.clone(),
+            handoff_rx,
+            control_rx,
+            returns_rx,
+            persist_tx: persist_tx.clone(),
+            registrar,
+            guard: SourceGuard::new(config.security.clone()),
+            shared_snapshot: shared_snapshot.clone(),
+            opaque: opaque.clone(),
+        })
+        .context("cannot start a worker")?;
+        let core = if cores.is_empty() {
+            None
+        } else {
+            Some(cores[id % cores.len()])
+        };
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("sip-worker-{id}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    w.run();
+                })?,
+        );
+    }
+    drop(persist_tx);
+
+    let shared = Arc::new(Shared {
+        peers: peers.clone(),
+        started: Instant::now(),
+        config: config.clone(),
+    });
+    let admin = crate::admin::spawn(admin_listener, shared.clone())?;
+
+    tracing::info!("ready sip=udp:{sip_addr} admin={admin_addr} workers={workers} bindings_restored={restored_count}");
+
+    // --- wait for a signal ---
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("cannot install signal handlers")?;
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            tracing::info!("SIGHUP: configuration reload is not implemented yet; ignoring");
+            continue;
+        }
+        tracing::info!("signal {sig}: shutting down");
+        break;
+    }
+    for p in peers.iter() {
+        let _ = p.control.send(Control::Shutdown);
+        p.wake();
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    drop(shared);
+    drop(admin);
+    // Workers sent their last bindings before exiting; the persister ends when the queue does.
+    let _ = persister.join();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn random_hex16() -> [u8; 16] {
+    use rand::Rng;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut rng = rand::thread_rng();
+    let mut out = [0u8; 16];
+    for o in out.iter_mut() {
+        *o = HEX[rng.gen_range(0..16)];
+    }
+    out
+}

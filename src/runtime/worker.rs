@@ -1,0 +1,659 @@
+//! One signalling worker: a pinned thread with its own SO_REUSEPORT socket, mio loop, registrar
+//! shard, transaction table, source guard and stats.
+//!
+//! The loop: drain control and hand-off channels, drain the socket in recvmmsg batches, answer
+//! what this shard owns, hand the rest to its owner, flush sendmmsg, run timers, park in
+//! `poll`. Nothing here blocks except `poll` itself, and nothing allocates per message once
+//! warm (hand-off buffers are pooled and returned).
+
+use super::udp::{RecvBatch, SendBatch, SendMeta};
+use super::{Control, Handoff, Peer, PersistBatch, SecurityEvent};
+use crate::registrar::response::{write_answer, write_plain, Opaque};
+use crate::registrar::{self, Answer, Registrar, Transport};
+use crate::security::{self, Ban, SourceGuard};
+use crate::sip::headers::{self, RequestHeaders};
+use crate::sip::scan::{self, Header, HeaderName, Message, Method, StartLine};
+use crate::sip::transaction::{ServerTransactions, TxnKeyHasher, TIMER_J_UDP_MS};
+use crate::stats::{DropReason, WorkerStats};
+use crate::store::snapshot::{credential_key, Snapshot};
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::{Events, Interest, Poll, Token};
+use smallvec::SmallVec;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const SOCKET: Token = Token(0);
+pub const WAKER: Token = Token(1);
+
+/// Recipes of answers kept for retransmissions (see `sip::transaction`).
+#[derive(Clone, Copy, Debug)]
+enum Recipe {
+    Register(Answer),
+    Plain(u16),
+}
+
+/// Per-iteration bounds so hand-offs, control messages and timers are never starved.
+const MAX_RECV_BATCHES_PER_TURN: usize = 16;
+const MAX_HANDOFFS_PER_TURN: usize = 1024;
+const TIMER_PERIOD_MS: u64 = 100;
+const PERSIST_PERIOD_MS: u64 = 1000;
+/// Completed transactions kept per worker at most (~48 B each).
+const MAX_TRANSACTIONS: usize = 2_000_000;
+
+pub struct Worker {
+    pub id: usize,
+    pub poll: Poll,
+    pub socket: mio::net::UdpSocket,
+    pub peers: Arc<Vec<Peer>>,
+    pub handoff_rx: Receiver<Handoff>,
+    pub control_rx: Receiver<Control>,
+    pub returns_rx: Receiver<Vec<u8>>,
+    pub persist_tx: Sender<PersistBatch>,
+    pub registrar: Registrar,
+    pub guard: SourceGuard,
+    pub shared_snapshot: Arc<ArcSwap<Snapshot>>,
+    pub opaque: Arc<Opaque>,
+    pub transport: Transport,
+    // private state
+    snap: Arc<Snapshot>,
+    txns: ServerTransactions<Recipe>,
+    hasher: TxnKeyHasher,
+    stats: WorkerStats,
+    tx: SendBatch,
+    out: Vec<u8>,
+    pool: Vec<Vec<u8>>,
+    wake_pending: u64,
+    now_ms: u64,
+    last_timer_ms: u64,
+    last_persist_ms: u64,
+    shutting_down: bool,
+}
+
+pub fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+pub struct WorkerParts {
+    pub id: usize,
+    pub socket: std::net::UdpSocket,
+    pub poll: Poll,
+    pub peers: Arc<Vec<Peer>>,
+    pub handoff_rx: Receiver<Handoff>,
+    pub control_rx: Receiver<Control>,
+    pub returns_rx: Receiver<Vec<u8>>,
+    pub persist_tx: Sender<PersistBatch>,
+    pub registrar: Registrar,
+    pub guard: SourceGuard,
+    pub shared_snapshot: Arc<ArcSwap<Snapshot>>,
+    pub opaque: Arc<Opaque>,
+}
+
+impl Worker {
+    pub fn new(p: WorkerParts) -> io::Result<Worker> {
+        let mut socket = mio::net::UdpSocket::from_std(p.socket);
+        p.poll
+            .registry()
+            .register(&mut socket, SOCKET, Interest::READABLE)?;
+        let now_ms = unix_now().as_millis() as u64;
+        let snap = p.shared_snapshot.load_full();
+        Ok(Worker {
+            id: p.id,
+            poll: p.poll,
+            socket,
+            peers: p.peers,
+            handoff_rx: p.handoff_rx,
+            control_rx: p.control_rx,
+            returns_rx: p.returns_rx,
+            persist_tx: p.persist_tx,
+            registrar: p.registrar,
+            guard: p.guard,
+            shared_snapshot: p.shared_snapshot,
+            opaque: p.opaque,
+            transport: Transport::Udp,
+            snap,
+            txns: ServerTransactions::new(MAX_TRANSACTIONS, TIMER_J_UDP_MS),
+            hasher: TxnKeyHasher::default(),
+            stats: WorkerStats::new(p.id),
+            tx: SendBatch::new(),
+            out: Vec::with_capacity(4096),
+            pool: Vec::new(),
+            wake_pending: 0,
+            now_ms,
+            last_timer_ms: now_ms,
+            last_persist_ms: now_ms,
+            shutting_down: false,
+        })
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(64);
+        let me = self.peers[self.id].clone();
+        let mut rx = RecvBatch::new();
+        loop {
+            self.now_ms = unix_now().as_millis() as u64;
+            self.refresh_snapshot();
+            self.drain_control();
+            if self.shutting_down {
+                break;
+            }
+            let more_handoffs = self.drain_handoffs();
+            let more_socket = self.drain_socket(&mut rx);
+            self.flush();
+            self.timers(false);
+
+            // Park. The flag tells peers to wake us; re-checking the channels after setting it
+            // closes the race with a peer that pushed just before.
+            me.parked.store(true, Ordering::SeqCst);
+            let busy = more_handoffs
+                || more_socket
+                || !self.handoff_rx.is_empty()
+                || !self.control_rx.is_empty();
+            let timeout = if busy {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(TIMER_PERIOD_MS)
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(worker = self.id, "poll failed: {e}");
+                }
+            }
+            me.parked.store(false, Ordering::SeqCst);
+        }
+        // Final persistence of what changed since the last tick.
+        self.persist();
+    }
+
+    fn refresh_snapshot(&mut self) {
+        let cur = self.shared_snapshot.load();
+        if !Arc::ptr_eq(&cur, &self.snap) {
+            self.snap = arc_swap::Guard::into_inner(cur);
+            self.registrar.retain_provisioned(&self.snap);
+        }
+    }
+
+    fn drain_control(&mut self) {
+        while let Ok(c) = self.control_rx.try_recv() {
+            match c {
+                Control::Collect(reply) => {
+                    self.stats.registrations_active = self.registrar.active_bindings() as u64;
+                    self.stats.bans_active = self.guard.bans_active(self.now_ms) as u64;
+                    let _ = reply.send(Box::new(self.stats.clone()));
+                }
+                Control::Shutdown => self.shutting_down = true,
+            }
+        }
+    }
+
+    fn drain_handoffs(&mut self) -> bool {
+        for _ in 0..MAX_HANDOFFS_PER_TURN {
+            let Ok(h) = self.handoff_rx.try_recv() else {
+                return false;
+            };
+            match h {
+                Handoff::Request {
+                    data,
+                    src,
+                    arrived_ns,
+                    from,
+                } => {
+                    self.on_datagram(&data, src, arrived_ns, true);
+                    // Give the buffer back to the worker that filled it.
+                    let _ = self.peers[from].returns.try_send(data);
+                }
+                Handoff::Security(ev) => self.on_security_event(ev),
+                Handoff::Ban(ban) => self.guard.apply_ban(ban),
+                Handoff::LiftBan(ip) => {
+                    self.guard.lift_ban(ip);
+                }
+            }
+            if self.tx.is_full() {
+                self.flush();
+            }
+        }
+        true
+    }
+
+    fn drain_socket(&mut self, rx: &mut RecvBatch) -> bool {
+        let fd = self.socket.as_raw_fd();
+        for _ in 0..MAX_RECV_BATCHES_PER_TURN {
+            match rx.recv(fd) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    let fallback_ns = unix_now().as_nanos() as u64;
+                    for i in 0..n {
+                        let d = rx.get(i);
+                        if let Some(src) = d.src {
+                            if d.truncated {
+                                self.stats.messages += 1;
+                                self.stats.malformed += 1;
+                            } else {
+                                self.on_datagram(
+                                    d.data,
+                                    src,
+                                    d.arrived_ns.unwrap_or(fallback_ns),
+                                    false,
+                                );
+                            }
+                        }
+                        if self.tx.is_full() {
+                            self.flush();
+                        }
+                    }
+                    if n < super::udp::BATCH {
+                        return false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(worker = self.id, "recvmmsg failed: {e}");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Everything a datagram goes through, in SPEC §3.2's order.
+    fn on_datagram(&mut self, data: &[u8], src: SocketAddr, arrived_ns: u64, handed_over: bool) {
+        if !handed_over {
+            if self.guard.is_banned(src.ip(), self.now_ms) {
+                self.stats.dropped(DropReason::Banned);
+                return;
+            }
+            if !self.guard.allow(src.ip(), self.now_ms) {
+                self.stats.dropped(DropReason::SourceRate);
+                return;
+            }
+        }
+        self.stats.messages += 1;
+        let msg = match scan::scan(data) {
+            Ok(m) => m,
+            Err(_) => {
+                self.stats.malformed += 1;
+                self.answer_unparseable(data, src, arrived_ns);
+                return;
+            }
+        };
+        let StartLine::Request { method, uri, .. } = msg.start else {
+            // Responses: sipedge sends no requests yet, so nothing can match them.
+            return;
+        };
+        let req = match headers::request_headers(&msg) {
+            Ok(r) => r,
+            Err(e) => {
+                self.stats.malformed += 1;
+                if headers::top_via(&msg).is_ok() {
+                    self.stats.request(method);
+                    self.bad_request(&msg, src, arrived_ns, method, &e);
+                }
+                return;
+            }
+        };
+        if !handed_over {
+            self.stats.request(method);
+            if let Some(ua) = msg.header(HeaderName::UserAgent) {
+                if security::is_scanner(ua, &self.guard.config().scanner_user_agents) {
+                    self.stats.dropped(DropReason::Scanner);
+                    return;
+                }
+            }
+        }
+        match method {
+            Method::Register => {
+                // Only authenticated REGISTERs touch shard state; a challenge needs nothing but
+                // the stateless nonce key, so the receiving worker answers it itself.
+                if !handed_over && msg.header(HeaderName::Authorization).is_some() {
+                    let owner = self.register_owner(&req);
+                    if owner != self.id {
+                        self.hand_over(owner, data, src, arrived_ns);
+                        return;
+                    }
+                }
+                self.on_register(&msg, &req, uri, src, arrived_ns);
+            }
+            Method::Ack => {}
+            Method::Options => self.answer_plain(&msg, &req, uri, src, arrived_ns, 200),
+            _ => self.answer_plain(&msg, &req, uri, src, arrived_ns, 501),
+        }
+    }
+
+    fn register_owner(&self, req: &RequestHeaders<'_>) -> usize {
+        let realm = self.snap.realm_for_host(req.to.uri.host);
+        let mut key = SmallVec::<[u8; 128]>::new();
+        credential_key(req.to.uri.user.unwrap_or_default(), realm, &mut key);
+        registrar::shard_of(&key, self.peers.len())
+    }
+
+    /// The To-tag of our answers: derived from the transaction key, so a retransmission gets
+    /// the same one.
+    fn to_tag(key: u128) -> [u8; 16] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let k = key as u64;
+        let mut out = [0u8; 16];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = HEX[((k >> ((15 - i) * 4)) & 0xf) as usize];
+        }
+        out
+    }
+
+    fn on_register(
+        &mut self,
+        msg: &Message<'_>,
+        req: &RequestHeaders<'_>,
+        uri: &[u8],
+        src: SocketAddr,
+        arrived_ns: u64,
+    ) {
+        let key = self.hasher.key(req, uri);
+        let tag = Self::to_tag(key.0);
+        let answer = match self.txns.lookup(key) {
+            Some(Recipe::Register(a)) => a,
+            Some(Recipe::Plain(code)) => {
+                write_plain(
+                    &mut self.out,
+                    code,
+                    crate::sip::write::reason(code),
+                    msg,
+                    src,
+                    &tag,
+                );
+                self.send(src, Method::Register, arrived_ns, code);
+                return;
+            }
+            None => {
+                let (answer, effects) = self.registrar.handle_register(
+                    self.now_ms,
+                    src,
+                    self.transport,
+                    msg,
+                    req,
+                    &self.snap,
+                );
+                self.txns
+                    .complete(key, Recipe::Register(answer), self.now_ms);
+                if let Some(r) = effects.rejected {
+                    self.stats.rejected(r);
+                }
+                if effects.auth_failure {
+                    self.security_event(SecurityEvent::AuthFailure {
+                        ip: src.ip(),
+                        at_ms: self.now_ms,
+                    });
+                }
+                if effects.throttled {
+                    self.security_event(SecurityEvent::Throttled {
+                        ip: src.ip(),
+                        at_ms: self.now_ms,
+                    });
+                }
+                answer
+            }
+        };
+        let realm = self.snap.realm_for_host(req.to.uri.host);
+        write_answer(
+            &mut self.out,
+            &answer,
+            &self.registrar,
+            msg,
+            realm,
+            src,
+            &tag,
+            &self.opaque,
+            self.now_ms,
+        );
+        self.send(src, Method::Register, arrived_ns, answer.code());
+    }
+
+    fn answer_plain(
+        &mut self,
+        msg: &Message<'_>,
+        req: &RequestHeaders<'_>,
+        uri: &[u8],
+        src: SocketAddr,
+        arrived_ns: u64,
+        code: u16,
+    ) {
+        let key = self.hasher.key(req, uri);
+        let tag = Self::to_tag(key.0);
+        if self.txns.lookup(key).is_none() {
+            self.txns.complete(key, Recipe::Plain(code), self.now_ms);
+        }
+        write_plain(
+            &mut self.out,
+            code,
+            crate::sip::write::reason(code),
+            msg,
+            src,
+            &tag,
+        );
+        self.send(src, req.method, arrived_ns, code);
+    }
+
+    fn bad_request(
+        &mut self,
+        msg: &Message<'_>,
+        src: SocketAddr,
+        arrived_ns: u64,
+        method: Method,
+        err: &headers::HeaderError,
+    ) {
+        use std::io::Write as _;
+        crate::sip::write::response_head(&mut self.out, 400, "Bad Request", msg, src, b"");
+        let _ = write!(self.out, "Warning: 399 sipedge \"{err}\"\r\n");
+        crate::sip::write::finish(&mut self.out);
+        self.send(src, method, arrived_ns, 400);
+    }
+
+    /// The start line or framing is broken; answer 400 only if a Via can be salvaged.
+    fn answer_unparseable(&mut self, data: &[u8], src: SocketAddr, arrived_ns: u64) {
+        let Some(msg) = salvage(data) else { return };
+        if headers::top_via(&msg).is_err() {
+            return;
+        }
+        crate::sip::write::response_head(&mut self.out, 400, "Bad Request", &msg, src, b"");
+        crate::sip::write::finish(&mut self.out);
+        self.send(src, Method::Other, arrived_ns, 400);
+    }
+
+    /// Queues `self.out` to `dest` (RFC 3261 §18.2.2 / RFC 3581: the source address and port).
+    fn send(&mut self, dest: SocketAddr, method: Method, arrived_ns: u64, code: u16) {
+        self.stats.response(code);
+        if self.tx.is_full() {
+            self.flush();
+        }
+        self.tx
+            .push(&self.out, dest, SendMeta { method, arrived_ns });
+    }
+
+    fn flush(&mut self) {
+        if !self.tx.is_empty() {
+            let fd = self.socket.as_raw_fd();
+            let f = self.tx.flush(fd);
+            let dropped = f.dropped;
+            let now_ns = unix_now().as_nanos() as u64;
+            for m in f.meta {
+                self.stats
+                    .processing(m.method, now_ns.saturating_sub(m.arrived_ns));
+            }
+            self.tx.clear_meta();
+            for _ in 0..dropped {
+                self.stats.dropped(DropReason::Overload);
+            }
+        }
+        self.wake_peers();
+    }
+
+    fn hand_over(&mut self, owner: usize, data: &[u8], src: SocketAddr, arrived_ns: u64) {
+        while let Ok(b) = self.returns_rx.try_recv() {
+            if self.pool.len() < 4096 {
+                self.pool.push(b);
+            }
+        }
+        let mut buf = self.pool.pop().unwrap_or_else(|| Vec::with_capacity(2048));
+        buf.clear();
+        buf.extend_from_slice(data);
+        match self.peers[owner].handoff.try_send(Handoff::Request {
+            data: buf,
+            src,
+            arrived_ns,
+            from: self.id,
+        }) {
+            Ok(()) => self.wake_pending |= 1 << (owner % 64),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.dropped(DropReason::Overload)
+            }
+        }
+    }
+
+    fn wake_peers(&mut self) {
+        if self.wake_pending == 0 {
+            return;
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            if self.wake_pending & (1 << (i % 64)) != 0 && p.parked.load(Ordering::SeqCst) {
+                let _ = p.waker.wake();
+            }
+        }
+        self.wake_pending = 0;
+    }
+
+    /// Ban counters live on the IP's owner worker; the ban itself goes to everyone.
+    fn security_event(&mut self, ev: SecurityEvent) {
+        let owner = security::owner_of(ev.ip(), self.peers.len());
+        if owner == self.id {
+            self.on_security_event(ev);
+        } else if self.peers[owner]
+            .handoff
+            .try_send(Handoff::Security(ev))
+            .is_ok()
+        {
+            self.wake_pending |= 1 << (owner % 64);
+        }
+    }
+
+    fn on_security_event(&mut self, ev: SecurityEvent) {
+        let ban = match ev {
+            SecurityEvent::AuthFailure { ip, at_ms } => self.guard.record_auth_failure(ip, at_ms),
+            SecurityEvent::Throttled { ip, at_ms } => self.guard.record_throttle(ip, at_ms),
+        };
+        if let Some(ban) = ban {
+            tracing::warn!(ip = %ban.ip, reason = ban.reason.as_str(), seconds = self.guard.config().ban_s, "source banned");
+            self.broadcast_ban(ban);
+        }
+    }
+
+    fn broadcast_ban(&mut self, ban: Ban) {
+        for i in 0..self.peers.len() {
+            if i != self.id && self.peers[i].handoff.try_send(Handoff::Ban(ban)).is_ok() {
+                self.wake_pending |= 1 << (i % 64);
+            }
+        }
+    }
+
+    fn timers(&mut self, force: bool) {
+        if !force && self.now_ms.saturating_sub(self.last_timer_ms) < TIMER_PERIOD_MS {
+            return;
+        }
+        self.last_timer_ms = self.now_ms;
+        self.registrar.expire(self.now_ms);
+        self.txns.expire(self.now_ms);
+        self.guard.sweep(self.now_ms, false);
+        if self.now_ms.saturating_sub(self.last_persist_ms) >= PERSIST_PERIOD_MS {
+            self.last_persist_ms = self.now_ms;
+            self.persist();
+        }
+    }
+
+    /// Sends the credentials whose bindings changed to the persister thread (one batch a second).
+    fn persist(&mut self) {
+        let mut batch: PersistBatch = Vec::new();
+        self.registrar.drain_dirty(|d| {
+            let rows = d
+                .bindings
+                .iter()
+                .map(|b| crate::store::BindingRow {
+                    username: d.username.to_string(),
+                    realm: d.realm.to_string(),
+                    contact: b.contact.clone(),
+                    source_ip: b.source.ip().to_string(),
+                    source_port: b.source.port(),
+                    transport: b.transport.as_str().to_string(),
+                    user_agent: b.user_agent.clone(),
+                    call_id: b.call_id.clone(),
+                    cseq: b.cseq,
+                    registered_at_unix: b.registered_at_ms / 1000,
+                    expires_at_unix: b.expires_at_ms.div_ceil(1000),
+                })
+                .collect();
+            batch.push((d.username.to_string(), d.realm.to_string(), rows));
+        });
+        if !batch.is_empty() && self.persist_tx.send(batch).is_err() {
+            tracing::error!(
+                worker = self.id,
+                "binding persister is gone; bindings will not survive a restart"
+            );
+        }
+    }
+}
+
+impl SecurityEvent {
+    fn ip(&self) -> std::net::IpAddr {
+        match *self {
+            SecurityEvent::AuthFailure { ip, .. } | SecurityEvent::Throttled { ip, .. } => ip,
+        }
+    }
+}
+
+/// A lenient pass over a message whose start line or framing failed: keeps the header lines that
+/// look like `Name: value`, so a 400 can still echo Via, From, To, Call-ID and CSeq.
+fn salvage(data: &[u8]) -> Option<Message<'_>> {
+    let mut headers: SmallVec<[Header<'_>; scan::INLINE_HEADERS]> = SmallVec::new();
+    let mut lines = data.split(|&b| b == b'\n').skip(1);
+    for line in lines.by_ref().take(scan::MAX_HEADERS) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
+        let name = crate::sip::write::trim(&line[..colon]);
+        let value = crate::sip::write::trim(&line[colon + 1..]);
+        let hn = HeaderName::parse(name);
+        if matches!(
+            hn,
+            HeaderName::Via
+                | HeaderName::From
+                | HeaderName::To
+                | HeaderName::CallId
+                | HeaderName::CSeq
+        ) {
+            headers.push(Header {
+                name: hn,
+                raw_name: name,
+                value,
+            });
+        }
+    }
+    if headers.is_empty() {
+        return None;
+    }
+    Some(Message {
+        start: StartLine::Response {
+            code: 0,
+            reason: b"",
+        },
+        headers,
+        body: &[],
+        len: data.len(),
+    })
+}

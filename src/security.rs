@@ -1,0 +1,292 @@
+//! Per-source protection: bans, ban counters and the source rate limit (SPEC §2 `[security]`).
+//!
+//! Owns: the sans-IO decisions "drop this source?" and "does this failure ban it?". Every worker
+//! keeps its own [`SourceGuard`]: the rate limit is enforced per worker (a source's datagrams
+//! land on one worker by the kernel's 4-tuple hash), and ban *counters* for an IP live on the
+//! worker that owns the IP ([`owner_of`]) so they are exact; the resulting ban is broadcast so
+//! every worker drops the source. Time is unix milliseconds passed in.
+
+use crate::config::SecurityConfig;
+use smallvec::SmallVec;
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+/// Which worker counts failures for this IP (stable, cheap).
+pub fn owner_of(ip: IpAddr, workers: usize) -> usize {
+    let h = match ip {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)).wrapping_mul(0x9E3779B97F4A7C15),
+        IpAddr::V6(v6) => {
+            let v = u128::from(v6);
+            ((v as u64) ^ ((v >> 64) as u64)).wrapping_mul(0x9E3779B97F4A7C15)
+        }
+    };
+    ((h >> 32) % workers.max(1) as u64) as usize
+}
+
+/// `scanner_user_agents` are lower-cased substrings; the match is case-insensitive and does not
+/// allocate.
+pub fn is_scanner(user_agent: &[u8], patterns: &[String]) -> bool {
+    patterns.iter().any(|p| {
+        let p = p.as_bytes();
+        !p.is_empty()
+            && user_agent.len() >= p.len()
+            && user_agent
+                .windows(p.len())
+                .any(|w| w.eq_ignore_ascii_case(p))
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BanReason {
+    AuthFailures,
+    Throttled,
+    Manual,
+}
+
+impl BanReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BanReason::AuthFailures => "auth_failures",
+            BanReason::Throttled => "throttled",
+            BanReason::Manual => "manual",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ban {
+    pub ip: IpAddr,
+    pub until_ms: u64,
+    pub reason: BanReason,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    last_ms: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    auth_failures: SmallVec<[u64; 16]>,
+    throttles: SmallVec<[u64; 16]>,
+}
+
+/// Caps that keep a spoofed-source flood from growing the tables without bound.
+const MAX_TRACKED_SOURCES: usize = 1 << 20;
+
+pub struct SourceGuard {
+    cfg: SecurityConfig,
+    bans: HashMap<IpAddr, Ban>,
+    buckets: HashMap<IpAddr, Bucket>,
+    counters: HashMap<IpAddr, Counters>,
+    last_sweep_ms: u64,
+}
+
+impl SourceGuard {
+    pub fn new(cfg: SecurityConfig) -> SourceGuard {
+        SourceGuard {
+            cfg,
+            bans: HashMap::new(),
+            buckets: HashMap::new(),
+            counters: HashMap::new(),
+            last_sweep_ms: 0,
+        }
+    }
+
+    pub fn config(&self) -> &SecurityConfig {
+        &self.cfg
+    }
+
+    pub fn is_banned(&self, ip: IpAddr, now_ms: u64) -> bool {
+        self.bans.get(&ip).is_some_and(|b| b.until_ms > now_ms)
+    }
+
+    /// Token bucket of `source_rate_limit` per second with the same burst.
+    pub fn allow(&mut self, ip: IpAddr, now_ms: u64) -> bool {
+        let rate = f64::from(self.cfg.source_rate_limit);
+        if self.buckets.len() >= MAX_TRACKED_SOURCES && !self.buckets.contains_key(&ip) {
+            self.sweep(now_ms, true);
+        }
+        let b = self.buckets.entry(ip).or_insert(Bucket {
+            tokens: rate,
+            last_ms: now_ms,
+        });
+        let elapsed = now_ms.saturating_sub(b.last_ms) as f64 / 1000.0;
+        b.tokens = (b.tokens + elapsed * rate).min(rate);
+        b.last_ms = now_ms;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Counts a failed authentication; returns the ban when this one reaches the limit.
+    pub fn record_auth_failure(&mut self, ip: IpAddr, now_ms: u64) -> Option<Ban> {
+        let limit = self.cfg.auth_fail_limit;
+        self.record(ip, now_ms, limit, BanReason::AuthFailures, |c| {
+            &mut c.auth_failures
+        })
+    }
+
+    /// Counts a throttled REGISTER; returns the ban when this one reaches the limit.
+    pub fn record_throttle(&mut self, ip: IpAddr, now_ms: u64) -> Option<Ban> {
+        let limit = self.cfg.throttle_ban_limit;
+        self.record(ip, now_ms, limit, BanReason::Throttled, |c| {
+            &mut c.throttles
+        })
+    }
+
+    fn record(
+        &mut self,
+        ip: IpAddr,
+        now_ms: u64,
+        limit: u32,
+        reason: BanReason,
+        which: impl Fn(&mut Counters) -> &mut SmallVec<[u64; 16]>,
+    ) -> Option<Ban> {
+        if self.is_banned(ip, now_ms) {
+            return None;
+        }
+        if self.counters.len() >= MAX_TRACKED_SOURCES && !self.counters.contains_key(&ip) {
+            self.sweep(now_ms, true);
+        }
+        let window_ms = u64::from(self.cfg.window_s) * 1000;
+        let times = which(self.counters.entry(ip).or_default());
+        times.retain(|t| now_ms.saturating_sub(*t) < window_ms);
+        times.push(now_ms);
+        if times.len() >= limit as usize {
+            times.clear();
+            let ban = Ban {
+                ip,
+                until_ms: now_ms + u64::from(self.cfg.ban_s) * 1000,
+                reason,
+            };
+            self.apply_ban(ban);
+            return Some(ban);
+        }
+        None
+    }
+
+    pub fn apply_ban(&mut self, ban: Ban) {
+        self.bans.insert(ban.ip, ban);
+    }
+
+    pub fn lift_ban(&mut self, ip: IpAddr) -> bool {
+        self.counters.remove(&ip);
+        self.bans.remove(&ip).is_some()
+    }
+
+    pub fn bans(&self, now_ms: u64) -> impl Iterator<Item = &Ban> {
+        self.bans.values().filter(move |b| b.until_ms > now_ms)
+    }
+
+    pub fn bans_active(&self, now_ms: u64) -> usize {
+        self.bans(now_ms).count()
+    }
+
+    /// Forgets expired bans, idle buckets and empty counters; cheap to call often (it runs at most
+    /// once a second unless `force`).
+    pub fn sweep(&mut self, now_ms: u64, force: bool) {
+        if !force && now_ms.saturating_sub(self.last_sweep_ms) < 1000 {
+            return;
+        }
+        self.last_sweep_ms = now_ms;
+        self.bans.retain(|_, b| b.until_ms > now_ms);
+        // A bucket idle for a full second is full again: forgetting it changes nothing.
+        self.buckets
+            .retain(|_, b| now_ms.saturating_sub(b.last_ms) < 1000);
+        let window_ms = u64::from(self.cfg.window_s) * 1000;
+        self.counters.retain(|_, c| {
+            c.auth_failures
+                .retain(|t| now_ms.saturating_sub(*t) < window_ms);
+            c.throttles
+                .retain(|t| now_ms.saturating_sub(*t) < window_ms);
+            !(c.auth_failures.is_empty() && c.throttles.is_empty())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> SecurityConfig {
+        SecurityConfig {
+            window_s: 60,
+            auth_fail_limit: 3,
+            throttle_ban_limit: 2,
+            ban_s: 600,
+            source_rate_limit: 5,
+            drop_unknown: false,
+            scanner_user_agents: vec!["friendly-scanner".into(), "sipvicious".into()],
+        }
+    }
+
+    #[test]
+    fn nth_failure_in_window_bans() {
+        let mut g = SourceGuard::new(cfg());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(g.record_auth_failure(ip, 0), None);
+        assert_eq!(g.record_auth_failure(ip, 1_000), None);
+        let ban = g
+            .record_auth_failure(ip, 2_000)
+            .expect("third failure bans");
+        assert_eq!(ban.until_ms, 602_000);
+        assert!(g.is_banned(ip, 601_999));
+        assert!(!g.is_banned(ip, 602_000));
+    }
+
+    #[test]
+    fn failures_outside_the_window_do_not_count() {
+        let mut g = SourceGuard::new(cfg());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        g.record_auth_failure(ip, 0);
+        g.record_auth_failure(ip, 1_000);
+        assert_eq!(g.record_auth_failure(ip, 61_000), None);
+        assert!(!g.is_banned(ip, 61_000));
+    }
+
+    #[test]
+    fn throttle_ban_and_lift() {
+        let mut g = SourceGuard::new(cfg());
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(g.record_throttle(ip, 0), None);
+        assert_eq!(
+            g.record_throttle(ip, 10).map(|b| b.reason),
+            Some(BanReason::Throttled)
+        );
+        assert_eq!(g.bans_active(10), 1);
+        assert!(g.lift_ban(ip));
+        assert!(!g.is_banned(ip, 11));
+    }
+
+    #[test]
+    fn rate_limit_is_a_token_bucket() {
+        let mut g = SourceGuard::new(cfg());
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let allowed = (0..20).filter(|_| g.allow(ip, 1_000)).count();
+        assert_eq!(allowed, 5);
+        // 400 ms later two tokens are back
+        let allowed = (0..20).filter(|_| g.allow(ip, 1_400)).count();
+        assert_eq!(allowed, 2);
+    }
+
+    #[test]
+    fn scanner_user_agents_match_case_insensitively() {
+        let c = cfg();
+        assert!(is_scanner(b"Friendly-Scanner 1.0", &c.scanner_user_agents));
+        assert!(is_scanner(b"x SIPVicious y", &c.scanner_user_agents));
+        assert!(!is_scanner(b"Asterisk PBX 20", &c.scanner_user_agents));
+        assert!(!is_scanner(b"", &c.scanner_user_agents));
+    }
+
+    #[test]
+    fn owner_is_stable_and_in_range() {
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(owner_of(ip, 4), owner_of(ip, 4));
+        assert!(owner_of(ip, 3) < 3);
+    }
+}

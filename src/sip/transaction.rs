@@ -1,0 +1,198 @@
+//! RFC 3261 §17.2 server transactions for non-INVITE requests, in the form a stateless-fast
+//! registrar needs.
+//!
+//! Owns: matching a request to an existing transaction (§17.2.3) and remembering, until Timer J
+//! fires, how it was answered. What is remembered is a small *recipe* (the caller's type: a
+//! status code plus the few values that made the response, e.g. the nonce), not the response
+//! bytes: the response is regenerated from the retransmitted request, which is byte-identical,
+//! so the answer is too. That keeps a transaction at ~48 bytes, so 64·T1 of state at tens of
+//! thousands of requests per second stays small. Time is passed in.
+
+use super::headers::RequestHeaders;
+use super::scan::Method;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+//= https://www.rfc-editor.org/rfc/rfc3261#section-17.1.1.1
+//# T1 ... 500ms default
+pub const T1_MS: u64 = 500;
+//= https://www.rfc-editor.org/rfc/rfc3261#section-17.2.2
+//# Timer J ... 64*T1 for UDP, zero seconds for reliable transports
+pub const TIMER_J_UDP_MS: u64 = 64 * T1_MS;
+
+/// A transaction's identity, a keyed 128-bit hash of what §17.2.3 compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TxnKey(pub u128);
+
+/// Keys the hashes with per-process random state, so nobody can aim collisions at the table.
+pub struct TxnKeyHasher {
+    a: std::collections::hash_map::RandomState,
+    b: std::collections::hash_map::RandomState,
+}
+
+impl Default for TxnKeyHasher {
+    fn default() -> Self {
+        TxnKeyHasher {
+            a: Default::default(),
+            b: Default::default(),
+        }
+    }
+}
+
+const MAGIC_COOKIE: &[u8] = b"z9hG4bK";
+
+impl TxnKeyHasher {
+    pub fn key(&self, req: &RequestHeaders<'_>, request_uri: &[u8]) -> TxnKey {
+        let mut ha = self.a.build_hasher();
+        let mut hb = self.b.build_hasher();
+        let mut feed = |bytes: &[u8]| {
+            ha.write(bytes);
+            ha.write_u8(0xff);
+            hb.write(bytes);
+            hb.write_u8(0xff);
+        };
+        //= https://www.rfc-editor.org/rfc/rfc3261#section-17.2.3
+        //# the method of the request matches the one that created the transaction, except
+        //# for ACK, where the method of the request that created the transaction is INVITE.
+        let method: &[u8] = match req.method {
+            Method::Ack => b"INVITE",
+            Method::Other => req.cseq.method_raw,
+            m => m.as_str().as_bytes(),
+        };
+        match req.via.branch {
+            Some(branch) if branch.starts_with(MAGIC_COOKIE) => {
+                //# 1. the branch parameter in the request is equal to the one in the top Via
+                //# header field of the request that created the transaction, and
+                //# 2. the sent-by value in the top Via of the request is equal to the one in
+                //# the request that created the transaction
+                feed(branch);
+                feed(req.via.host);
+                feed(&req.via.port.unwrap_or(0).to_be_bytes());
+                feed(method);
+            }
+            _ => {
+                //= https://www.rfc-editor.org/rfc/rfc3261#section-17.2.3
+                //# the Request-URI, To tag, From tag, Call-ID, CSeq, and top Via header field
+                //# match those of the INVITE request which created the transaction
+                feed(request_uri);
+                feed(req.to.tag.unwrap_or_default());
+                feed(req.from.tag.unwrap_or_default());
+                feed(req.call_id);
+                feed(&req.cseq.seq.to_be_bytes());
+                feed(req.via.raw);
+                feed(method);
+            }
+        }
+        TxnKey((u128::from(ha.finish()) << 64) | u128::from(hb.finish()))
+    }
+}
+
+/// The key is already a keyed hash: the map only needs its low bits.
+#[derive(Default)]
+pub struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u128(&mut self, i: u128) {
+        self.0 = i as u64;
+    }
+}
+
+type KeyMap<V> = HashMap<TxnKey, V, BuildHasherDefault<PassThroughHasher>>;
+
+/// Completed non-INVITE server transactions awaiting Timer J.
+pub struct ServerTransactions<R: Copy> {
+    map: KeyMap<R>,
+    /// Insertion order = expiry order (every entry lives the same Timer J).
+    order: VecDeque<(TxnKey, u64)>,
+    max_entries: usize,
+    timer_j_ms: u64,
+}
+
+impl<R: Copy> ServerTransactions<R> {
+    /// `max_entries` bounds memory under floods: past it the oldest transaction is forgotten
+    /// early (a late retransmission of it is then processed again, which the registrar's own
+    /// CSeq/nonce rules make harmless).
+    pub fn new(max_entries: usize, timer_j_ms: u64) -> Self {
+        let initial = max_entries.min(1 << 16);
+        ServerTransactions {
+            map: KeyMap::with_capacity_and_hasher(initial, Default::default()),
+            order: VecDeque::with_capacity(initial),
+            max_entries: max_entries.max(1),
+            timer_j_ms,
+        }
+    }
+
+    /// The recipe of the answer already given to this transaction, if any.
+    pub fn lookup(&self, key: TxnKey) -> Option<R> {
+        self.map.get(&key).copied()
+    }
+
+    /// Records the final answer; Timer J starts now.
+    pub fn complete(&mut self, key: TxnKey, recipe: R, now_ms: u64) {
+        if self.map.len() >= self.max_entries {
+            if let Some((old, _)) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+        if self.map.insert(key, recipe).is_none() {
+            self.order.push_back((key, now_ms + self.timer_j_ms));
+        }
+    }
+
+    /// Forgets transactions whose Timer J has fired.
+    pub fn expire(&mut self, now_ms: u64) {
+        while let Some(&(key, at)) = self.order.front() {
+            if at > now_ms {
+                break;
+            }
+            self.order.pop_front();
+            self.map.remove(&key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_until_timer_j_then_forgets() {
+        let mut t = ServerTransactions::<u16>::new(100, TIMER_J_UDP_MS);
+        let k = TxnKey(42);
+        assert_eq!(t.lookup(k), None);
+        t.complete(k, 401, 1_000);
+        assert_eq!(t.lookup(k), Some(401));
+        t.expire(1_000 + TIMER_J_UDP_MS - 1);
+        assert_eq!(t.lookup(k), Some(401));
+        t.expire(1_000 + TIMER_J_UDP_MS);
+        assert_eq!(t.lookup(k), None);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn bounded_under_floods() {
+        let mut t = ServerTransactions::<u16>::new(3, TIMER_J_UDP_MS);
+        for i in 0..10u128 {
+            t.complete(TxnKey(i), 200, 0);
+        }
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.lookup(TxnKey(9)), Some(200));
+        assert_eq!(t.lookup(TxnKey(0)), None);
+    }
+}

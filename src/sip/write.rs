@@ -1,0 +1,334 @@
+//! Writing SIP responses into reused buffers.
+//!
+//! Owns: the byte layout of the responses sipedge originates. The caller hands in a `Vec<u8>`
+//! that it clears and reuses, so once its capacity has grown nothing here allocates. Numbers and
+//! addresses are formatted without the `fmt` machinery where it is hot.
+
+use super::scan::{HeaderName, Message};
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+/// Reason phrases for the codes sipedge sends (RFC 3261 §21, RFC 6585 for 429).
+pub fn reason(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        420 => "Bad Extension",
+        423 => "Interval Too Brief",
+        429 => "Too Many Requests",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        483 => "Too Many Hops",
+        484 => "Address Incomplete",
+        486 => "Busy Here",
+        488 => "Not Acceptable Here",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            for (i, b) in o.iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(*b));
+            }
+        }
+        // Rare on the access side; the fmt path is fine here.
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// `host:port` with IPv6 in brackets.
+pub fn push_socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr.ip() {
+        IpAddr::V6(_) => {
+            out.push(b'[');
+            push_ip(out, addr.ip());
+            out.push(b']');
+        }
+        IpAddr::V4(_) => push_ip(out, addr.ip()),
+    }
+    out.push(b':');
+    push_u64(out, u64::from(addr.port()));
+}
+
+/// Writes the topmost via-parm with RFC 3581 / RFC 3261 §18.2.1 treatment: `received` carries
+/// the source address (always when `rport` was asked for, else when it differs from the sent-by
+/// host) and a bare `rport` gets the source port. Existing `received`/`rport` are replaced.
+fn push_top_via(out: &mut Vec<u8>, via_parm: &[u8], src: SocketAddr) {
+    let mut parts = via_parm.split(|&b| b == b';');
+    let sent_by_part = parts.next().unwrap_or_default();
+    out.extend_from_slice(trim(sent_by_part));
+    let mut has_rport = false;
+    for p in parts {
+        let p = trim(p);
+        let name = p.split(|&b| b == b'=').next().unwrap_or_default();
+        if name.eq_ignore_ascii_case(b"rport") {
+            has_rport = true;
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"received") {
+            continue;
+        }
+        out.push(b';');
+        out.extend_from_slice(p);
+    }
+    let host = sent_by_host(sent_by_part);
+    if has_rport || !host_is_ip(host, src.ip()) {
+        out.extend_from_slice(b";received=");
+        push_ip(out, src.ip());
+    }
+    if has_rport {
+        out.extend_from_slice(b";rport=");
+        push_u64(out, u64::from(src.port()));
+    }
+}
+
+/// The host of `SIP/2.0/UDP host[:port]`.
+fn sent_by_host(sent_by_part: &[u8]) -> &[u8] {
+    let t = trim(sent_by_part);
+    // after the protocol: the first whitespace run
+    let start = t
+        .iter()
+        .position(|b| b.is_ascii_whitespace())
+        .unwrap_or(t.len());
+    let hp = trim(&t[start..]);
+    if let Some(rest) = hp.strip_prefix(b"[") {
+        let end = rest.iter().position(|&b| b == b']').unwrap_or(rest.len());
+        return &rest[..end];
+    }
+    match hp.iter().position(|&b| b == b':') {
+        Some(i) => &hp[..i],
+        None => hp,
+    }
+}
+
+fn host_is_ip(host: &[u8], ip: IpAddr) -> bool {
+    std::str::from_utf8(host)
+        .ok()
+        .and_then(|h| h.parse::<IpAddr>().ok())
+        == Some(ip)
+}
+
+pub fn trim(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if first.is_ascii_whitespace() {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., last] = s {
+        if last.is_ascii_whitespace() {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    s
+}
+
+/// Status line plus the headers a response copies from its request (RFC 3261 §8.2.6.2): every
+/// Via (the top one with received/rport), From, To (with `to_tag` added when the request had
+/// none and the code is not 100), Call-ID and CSeq. The caller appends its own headers and then
+/// calls [`finish`].
+pub fn response_head(
+    out: &mut Vec<u8>,
+    code: u16,
+    reason_phrase: &str,
+    req: &Message<'_>,
+    src: SocketAddr,
+    to_tag: &[u8],
+) {
+    out.clear();
+    out.extend_from_slice(b"SIP/2.0 ");
+    push_u64(out, u64::from(code));
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut first_via = true;
+    for h in req.headers.iter() {
+        match h.name {
+            HeaderName::Via => {
+                out.extend_from_slice(b"Via: ");
+                if first_via {
+                    first_via = false;
+                    let (top, rest) = split_first_via(h.value);
+                    push_top_via(out, top, src);
+                    if let Some(rest) = rest {
+                        out.push(b',');
+                        out.extend_from_slice(rest);
+                    }
+                } else {
+                    out.extend_from_slice(h.value);
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+            HeaderName::From => header(out, b"From", h.value),
+            HeaderName::To => {
+                out.extend_from_slice(b"To: ");
+                out.extend_from_slice(h.value);
+                if code != 100 && !has_tag(h.value) && !to_tag.is_empty() {
+                    out.extend_from_slice(b";tag=");
+                    out.extend_from_slice(to_tag);
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+            HeaderName::CallId => header(out, b"Call-ID", h.value),
+            HeaderName::CSeq => header(out, b"CSeq", h.value),
+            _ => {}
+        }
+    }
+}
+
+/// Splits a Via header value at the first via-parm boundary (a comma outside quotes).
+fn split_first_via(value: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let mut in_quotes = false;
+    for (i, &b) in value.iter().enumerate() {
+        match b {
+            b'"' => in_quotes = !in_quotes,
+            b',' if !in_quotes => return (&value[..i], Some(&value[i + 1..])),
+            _ => {}
+        }
+    }
+    (value, None)
+}
+
+/// Whether a From/To value carries a `tag` header parameter (after the URI).
+pub fn has_tag(value: &[u8]) -> bool {
+    // Params after `>` if the URI is bracketed; otherwise any `;tag=` (a bare URI's own params
+    // cannot contain tag legitimately).
+    let params = match memchr::memrchr(b'>', value) {
+        Some(i) => &value[i..],
+        None => value,
+    };
+    params.windows(5).any(|w| {
+        w[0] == b';' && w[1..4].eq_ignore_ascii_case(b"tag") && (w[4] == b'=' || w[4] == b' ')
+    })
+}
+
+pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+pub fn header_u64(out: &mut Vec<u8>, name: &[u8], value: u64) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    push_u64(out, value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Ends a response without a body.
+pub fn finish(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"Server: sipedge\r\nContent-Length: 0\r\n\r\n");
+}
+
+/// Hex of a 64-bit value (tags), 16 chars.
+pub fn push_hex_u64(out: &mut Vec<u8>, v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..16).rev() {
+        out.push(HEX[((v >> (i * 4)) & 0xf) as usize]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_addresses() {
+        let mut v = Vec::new();
+        push_u64(&mut v, 0);
+        v.push(b' ');
+        push_u64(&mut v, 18446744073709551615);
+        v.push(b' ');
+        push_socket_addr(&mut v, "10.1.2.3:5060".parse().unwrap());
+        v.push(b' ');
+        push_socket_addr(&mut v, "[::1]:5070".parse().unwrap());
+        assert_eq!(v, b"0 18446744073709551615 10.1.2.3:5060 [::1]:5070");
+    }
+
+    #[test]
+    fn top_via_gets_received_and_rport() {
+        let src: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let mut v = Vec::new();
+        push_top_via(
+            &mut v,
+            b"SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;rport",
+            src,
+        );
+        assert_eq!(
+            v,
+            b"SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;received=192.0.2.7;rport=40000"
+        );
+        v.clear();
+        // sent-by equals the source: no received, no rport asked
+        push_top_via(&mut v, b"SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bK2", src);
+        assert_eq!(v, b"SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bK2");
+        v.clear();
+        push_top_via(
+            &mut v,
+            b"SIP/2.0/UDP pbx.example.com;received=1.1.1.1;branch=z9hG4bK3",
+            src,
+        );
+        assert_eq!(
+            v,
+            b"SIP/2.0/UDP pbx.example.com;branch=z9hG4bK3;received=192.0.2.7"
+        );
+    }
+
+    #[test]
+    fn tags_are_found_only_as_params() {
+        assert!(has_tag(b"<sip:a@b>;tag=1"));
+        assert!(has_tag(b"\"x\" <sip:a@b>;foo=bar;TAG=1"));
+        assert!(!has_tag(b"<sip:a@b;tag=1>"));
+        assert!(!has_tag(b"<sip:a@b>"));
+        assert!(has_tag(b"sip:a@b;tag=9"));
+    }
+
+    #[test]
+    fn first_via_split() {
+        assert_eq!(
+            split_first_via(b"SIP/2.0/UDP a;branch=1, SIP/2.0/UDP b"),
+            (&b"SIP/2.0/UDP a;branch=1"[..], Some(&b" SIP/2.0/UDP b"[..]))
+        );
+        assert_eq!(
+            split_first_via(b"SIP/2.0/UDP a"),
+            (&b"SIP/2.0/UDP a"[..], None)
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! Per-worker counters and latency histograms, merged on scrape.
+//!
+//! Owns: the numbers behind SPEC §4's metrics. A worker owns its [`WorkerStats`] outright (plain
+//! integers, no atomics, no sharing in the hot loop); on a scrape the admin thread asks every
+//! worker for a copy over its control channel and merges the copies here.
+
+use crate::registrar::RejectReason;
+use crate::sip::scan::Method;
+use hdrhistogram::Histogram;
+use std::fmt::Write as _;
+
+pub const METHODS: [Method; 15] = [
+    Method::Register,
+    Method::Invite,
+    Method::Ack,
+    Method::Bye,
+    Method::Cancel,
+    Method::Options,
+    Method::Prack,
+    Method::Update,
+    Method::Info,
+    Method::Subscribe,
+    Method::Notify,
+    Method::Refer,
+    Method::Message,
+    Method::Publish,
+    Method::Other,
+];
+
+fn method_index(m: Method) -> usize {
+    METHODS
+        .iter()
+        .position(|x| *x == m)
+        .unwrap_or(METHODS.len() - 1)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    Banned,
+    Scanner,
+    SourceRate,
+    Overload,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 4] = [
+        DropReason::Banned,
+        DropReason::Scanner,
+        DropReason::SourceRate,
+        DropReason::Overload,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Banned => "banned",
+            DropReason::Scanner => "scanner",
+            DropReason::SourceRate => "source_rate",
+            DropReason::Overload => "overload",
+        }
+    }
+}
+
+/// Longest latency the histograms resolve (60 s, in nanoseconds); longer values are clamped.
+const HIST_MAX_NS: u64 = 60_000_000_000;
+
+#[derive(Clone)]
+pub struct WorkerStats {
+    pub worker: usize,
+    pub requests: [u64; METHODS.len()],
+    /// Index = code - 100, for 100..=699.
+    pub responses: Vec<u64>,
+    pub malformed: u64,
+    pub dropped: [u64; 4],
+    pub register_rejected: [u64; 4],
+    pub messages: u64,
+    pub registrations_active: u64,
+    pub bans_active: u64,
+    /// Per method, nanoseconds from a datagram's arrival to its answer being sent.
+    pub processing: Vec<Histogram<u64>>,
+}
+
+impl WorkerStats {
+    pub fn new(worker: usize) -> WorkerStats {
+        let processing = METHODS
+            .iter()
+            .map(|_| {
+                Histogram::new_with_bounds(1, HIST_MAX_NS, 3)
+                    .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable_hist()))
+            })
+            .collect();
+        WorkerStats {
+            worker,
+            requests: [0; METHODS.len()],
+            responses: vec![0; 600],
+            malformed: 0,
+            dropped: [0; 4],
+            register_rejected: [0; 4],
+            messages: 0,
+            registrations_active: 0,
+            bans_active: 0,
+            processing,
+        }
+    }
+
+    #[inline]
+    pub fn request(&mut self, m: Method) {
+        self.requests[method_index(m)] += 1;
+    }
+
+    #[inline]
+    pub fn response(&mut self, code: u16) {
+        if let Some(c) = self.responses.get_mut(usize::from(code).wrapping_sub(100)) {
+            *c += 1;
+        }
+    }
+
+    #[inline]
+    pub fn dropped(&mut self, r: DropReason) {
+        self.dropped[r as usize] += 1;
+    }
+
+    #[inline]
+    pub fn rejected(&mut self, r: RejectReason) {
+        self.register_rejected[r as usize] += 1;
+    }
+
+    #[inline]
+    pub fn processing(&mut self, m: Method, ns: u64) {
+        let _ = self.processing[method_index(m)].record(ns.clamp(1, HIST_MAX_NS));
+    }
+}
+
+fn unreachable_hist() -> Histogram<u64> {
+    // new(3) only fails for sigfig > 5; kept total to avoid a panic path.
+    Histogram::new(2).unwrap_or_else(|_| unreachable_hist())
+}
+
+/// Process-wide values the admin thread adds to the workers' numbers.
+pub struct ProcessInfo {
+    pub uptime_s: u64,
+    pub workers: usize,
+}
+
+/// Renders merged worker stats in the Prometheus text format (SPEC §4 names).
+pub fn render(stats: &[WorkerStats]) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    let sum = |f: &dyn Fn(&WorkerStats) -> u64| stats.iter().map(f).sum::<u64>();
+
+    out.push_str("# HELP sipedge_sip_requests_total SIP requests parsed, retransmissions and scanner drops included.\n# TYPE sipedge_sip_requests_total counter\n");
+    for (i, m) in METHODS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "sipedge_sip_requests_total{{method=\"{}\"}} {}",
+            m.as_str(),
+            sum(&|s| s.requests[i])
+        );
+    }
+    out.push_str("# HELP sipedge_sip_responses_total SIP responses sent by sipedge.\n# TYPE sipedge_sip_responses_total counter\n");
+    for code in 100..700usize {
+        let n = sum(&|s| s.responses[code - 100]);
+        if n > 0 {
+            let _ = writeln!(out, "sipedge_sip_responses_total{{code=\"{code}\"}} {n}");
+        }
+    }
+    out.push_str("# HELP sipedge_sip_malformed_total Malformed SIP messages (answered 400 or dropped).\n# TYPE sipedge_sip_malformed_total counter\n");
+    let _ = writeln!(out, "sipedge_sip_malformed_total {}", sum(&|s| s.malformed));
+    out.push_str("# HELP sipedge_registrations_active Live registration bindings.\n# TYPE sipedge_registrations_active gauge\n");
+    let _ = writeln!(
+        out,
+        "sipedge_registrations_active {}",
+        sum(&|s| s.registrations_active)
+    );
+    out.push_str("# HELP sipedge_register_rejected_total REGISTERs refused by policy.\n# TYPE sipedge_register_rejected_total counter\n");
+    for r in RejectReason::ALL {
+        let _ = writeln!(
+            out,
+            "sipedge_register_rejected_total{{reason=\"{}\"}} {}",
+            r.as_str(),
+            sum(&|s| s.register_rejected[r as usize])
+        );
+    }
+    out.push_str("# HELP sipedge_dropped_total Datagrams dropped without an answer.\n# TYPE sipedge_dropped_total counter\n");
+    for r in DropReason::ALL {
+        let _ = writeln!(
+            out,
+            "sipedge_dropped_total{{reason=\"{}\"}} {}",
+            r.as_str(),
+            sum(&|s| s.dropped[r as usize])
+        );
+    }
+    out.push_str("# HELP sipedge_bans_active Source IPs currently banned.\n# TYPE sipedge_bans_active gauge\n");
+    let _ = writeln!(
+        out,
+        "sipedge_bans_active {}",
+        stats.iter().map(|s| s.bans_active).max().unwrap_or(0)
+    );
+    out.push_str("# HELP sipedge_worker_messages_total Messages handled per signalling worker.\n# TYPE sipedge_worker_messages_total counter\n");
+    for s in stats {
+        let _ = writeln!(
+            out,
+            "sipedge_worker_messages_total{{worker=\"{}\"}} {}",
+            s.worker, s.messages
+        );
+    }
+    out.push_str("# HELP sipedge_processing_seconds From a datagram's arrival to sipedge's response or forwarded request being sent.\n# TYPE sipedge_processing_seconds summary\n");
+    for (i, m) in METHODS.iter().enumerate() {
+        let mut merged: Option<Histogram<u64>> = None;
+        for s in stats {
+            match merged.as_mut() {
+                None => merged = Some(s.processing[i].clone()),
+                Some(h) => {
+                    let _ = h.add(&s.processing[i]);
+                }
+            }
+        }
+        let Some(h) = merged.filter(|h| !h.is_empty()) else {
+            continue;
+        };
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let _ = writeln!(
+                out,
+                "sipedge_processing_seconds{{method=\"{}\",quantile=\"{q}\"}} {:.9}",
+                m.as_str(),
+                h.value_at_quantile(q) as f64 / 1e9
+            );
+        }
+        let _ = writeln!(
+            out,
+            "sipedge_processing_seconds_sum{{method=\"{}\"}} {:.9}",
+            m.as_str(),
+            h.mean() * h.len() as f64 / 1e9
+        );
+        let _ = writeln!(
+            out,
+            "sipedge_processing_seconds_count{{method=\"{}\"}} {}",
+            m.as_str(),
+            h.len()
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_workers() {
+        let mut a = WorkerStats::new(0);
+        let mut b = WorkerStats::new(1);
+        a.request(Method::Register);
+        b.request(Method::Register);
+        b.response(401);
+        a.dropped(DropReason::Scanner);
+        a.processing(Method::Register, 10_000);
+        b.processing(Method::Register, 30_000);
+        a.registrations_active = 2;
+        b.registrations_active = 3;
+        let text = render(&[a, b]);
+        assert!(
+            text.contains("sipedge_sip_requests_total{method=\"REGISTER\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("sipedge_sip_responses_total{code=\"401\"} 1\n"));
+        assert!(text.contains("sipedge_dropped_total{reason=\"scanner\"} 1\n"));
+        assert!(text.contains("sipedge_registrations_active 5\n"));
+        assert!(text.contains("sipedge_processing_seconds_count{method=\"REGISTER\"} 2\n"));
+        assert!(
+            text.contains(
+                "sipedge_processing_seconds{method=\"REGISTER\",quantile=\"0.99\"} 0.0000300"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("sipedge_worker_messages_total{worker=\"1\"} 0\n"));
+    }
+}
