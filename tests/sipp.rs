@@ -39,7 +39,7 @@ fn stat_column(csv: &str, column: &str) -> Option<u64> {
     let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
     let header: Vec<&str> = lines.next()?.split(';').collect();
     let idx = header.iter().position(|h| h.trim() == column)?;
-    let last = lines.last()?;
+    let last = lines.next_back()?;
     last.split(';').nth(idx)?.trim().parse().ok()
 }
 

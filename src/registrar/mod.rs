@@ -149,11 +149,11 @@ pub struct Binding {
     pub expires_at_ms: u64,
 }
 
+/// A nonce this credential has used, identified by its authenticated `(issued, salt)`.
 #[derive(Clone, Copy, Debug, Default)]
 struct NonceUse {
-    /// MAC bytes of the nonce as an id; 0 = free slot.
-    id: u64,
-    issued_s: u64,
+    /// `(0, 0)` = free slot.
+    order: (u64, u32),
     last_nc: u32,
 }
 
@@ -166,6 +166,9 @@ pub struct CredState {
     pub bindings: SmallVec<[Binding; 1]>,
     last_accepted_ms: Option<u64>,
     nonces: [NonceUse; TRACKED_NONCES],
+    /// Nonces at or below this were evicted from `nonces`: their counts are unknown, so they are
+    /// refused (a fresh challenge) rather than risk accepting a replay.
+    nonce_watermark: (u64, u32),
     dirty: bool,
 }
 
@@ -180,6 +183,7 @@ impl CredState {
             bindings: SmallVec::new(),
             last_accepted_ms: None,
             nonces: [NonceUse::default(); TRACKED_NONCES],
+            nonce_watermark: (0, 0),
             dirty: false,
         }
     }
@@ -195,7 +199,8 @@ pub struct DirtyCredential<'a> {
 pub struct Registrar {
     cfg: RegistrarConfig,
     nonce_key: NonceKey,
-    nonce_salt: u32,
+    shard: u32,
+    nonce_counter: u16,
     index: HashMap<Box<[u8]>, u32>,
     slots: Vec<CredState>,
     expiry: TimerWheel<u32>,
@@ -205,17 +210,13 @@ pub struct Registrar {
 }
 
 impl Registrar {
-    /// `salt_base` keeps nonces of different shards distinct within a second.
-    pub fn new(
-        cfg: RegistrarConfig,
-        nonce_key: NonceKey,
-        salt_base: u32,
-        now_ms: u64,
-    ) -> Registrar {
+    /// `shard` goes into the nonces this registrar mints, keeping shards' nonces distinct.
+    pub fn new(cfg: RegistrarConfig, nonce_key: NonceKey, shard: u32, now_ms: u64) -> Registrar {
         Registrar {
             cfg,
             nonce_key,
-            nonce_salt: salt_base,
+            shard,
+            nonce_counter: 0,
             index: HashMap::new(),
             slots: Vec::new(),
             expiry: TimerWheel::new(100, 1024, now_ms),
@@ -248,9 +249,14 @@ impl Registrar {
         self.slots.iter().filter(|c| !c.bindings.is_empty())
     }
 
+    /// The salt orders nonces chronologically within their second, across shards:
+    /// 10 bits of milliseconds, 6 bits of shard, 16 bits of counter.
     fn mint_nonce(&mut self, now_ms: u64) -> Nonce {
-        self.nonce_salt = self.nonce_salt.wrapping_add(1);
-        self.nonce_key.mint(now_ms / 1000, self.nonce_salt)
+        self.nonce_counter = self.nonce_counter.wrapping_add(1);
+        let salt = ((now_ms % 1000) as u32) << 22
+            | (self.shard & 0x3f) << 16
+            | u32::from(self.nonce_counter);
+        self.nonce_key.mint(now_ms / 1000, salt)
     }
 
     /// The algorithms to offer: configured ones the credential has hashes for (all configured
@@ -366,7 +372,9 @@ impl Registrar {
 
         // Authenticated. From here on, state for this credential exists.
         let slot = self.slot_for(cred);
-        match self.slots[slot].check_nonce_count(nonce_id(auth.nonce), issued_s, nc) {
+        match self.slots[slot]
+            .check_nonce_count(digest::nonce_order(auth.nonce).unwrap_or((issued_s, 0)), nc)
+        {
             NonceUseCheck::Fresh => {}
             NonceUseCheck::Replay if qop.is_some() => return (Answer::Forbidden, auth_failed),
             // Without qop there is no nonce-count: a reused nonce just gets a new one.
@@ -624,7 +632,7 @@ impl Registrar {
 enum NonceUseCheck {
     Fresh,
     Replay,
-    /// Older than every nonce tracked while all slots are in use: cannot prove it is not a replay.
+    /// At or below the eviction watermark: cannot prove it is not a replay.
     TooOld,
 }
 
@@ -632,41 +640,25 @@ impl CredState {
     //= https://www.rfc-editor.org/rfc/rfc7616#section-3.4
     //# The nc value ... allows the server to detect request replays by maintaining its own copy
     //# of this count -- if the same nc value is seen twice, then the request is a replay.
-    fn check_nonce_count(&mut self, id: u64, issued_s: u64, nc: u32) -> NonceUseCheck {
-        if let Some(u) = self.nonces.iter_mut().find(|u| u.id == id) {
+    fn check_nonce_count(&mut self, order: (u64, u32), nc: u32) -> NonceUseCheck {
+        if let Some(u) = self.nonces.iter_mut().find(|u| u.order == order) {
             if nc <= u.last_nc {
                 return NonceUseCheck::Replay;
             }
             u.last_nc = nc;
             return NonceUseCheck::Fresh;
         }
-        let (oldest, _) = self
-            .nonces
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, u)| (u.id != 0, u.issued_s))
-            .unwrap_or((0, &self.nonces[0]));
-        let victim = self.nonces[oldest];
-        if victim.id != 0 && issued_s <= victim.issued_s {
+        if order <= self.nonce_watermark {
             return NonceUseCheck::TooOld;
         }
-        self.nonces[oldest] = NonceUse {
-            id,
-            issued_s,
-            last_nc: nc,
-        };
+        // A free slot, else the oldest nonce gives way and raises the watermark.
+        let victim = (0..TRACKED_NONCES)
+            .min_by_key(|&i| self.nonces[i].order)
+            .unwrap_or(0);
+        self.nonce_watermark = self.nonce_watermark.max(self.nonces[victim].order);
+        self.nonces[victim] = NonceUse { order, last_nc: nc };
         NonceUseCheck::Fresh
     }
-}
-
-/// The nonce's MAC bytes (its last 16 hex chars) as an id.
-fn nonce_id(nonce: &[u8]) -> u64 {
-    let tail = &nonce[nonce.len().saturating_sub(16)..];
-    let mut id = 0u64;
-    for &b in tail {
-        id = id.rotate_left(5) ^ u64::from(b);
-    }
-    id | 1
 }
 
 /// The Authorization header for our realm (a request may carry several, RFC 3261 §22.4).

@@ -570,3 +570,38 @@ fn deleted_credentials_lose_their_bindings() {
     h.reg.retain_provisioned(&snap);
     assert_eq!(h.reg.active_bindings(), 0);
 }
+
+#[test]
+fn many_nonces_in_one_second_are_all_usable_and_evicted_ones_are_not_replayable() {
+    let mut h = Harness::new(RegistrarConfig {
+        min_interval_s: 0,
+        ..cfg()
+    });
+    let mut used = Vec::new();
+    for i in 0..10 {
+        let n = h.nonce(PBX, "alice");
+        assert_eq!(
+            h.authed(PBX, "alice", "secret-pw", &n, 1, Algorithm::Md5, None)
+                .0,
+            Answer::Registered { expires: 300 },
+            "nonce #{i}"
+        );
+        used.push(n);
+        h.now += 1; // same second, next millisecond
+    }
+    // the first nonce was evicted from tracking: a higher nc on it cannot be proven fresh
+    let (a, e) = h.authed(PBX, "alice", "secret-pw", &used[0], 2, Algorithm::Md5, None);
+    assert!(matches!(a, Answer::Challenge { stale: true, .. }), "{a:?}");
+    assert!(!e.auth_failure);
+    // the newest is still tracked: replay refused, next count accepted
+    assert_eq!(
+        h.authed(PBX, "alice", "secret-pw", &used[9], 1, Algorithm::Md5, None)
+            .0,
+        Answer::Forbidden
+    );
+    assert_eq!(
+        h.authed(PBX, "alice", "secret-pw", &used[9], 2, Algorithm::Md5, None)
+            .0,
+        Answer::Registered { expires: 300 }
+    );
+}

@@ -180,7 +180,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Registrar::new(
                 config.registrar.clone(),
                 nonce_key.clone(),
-                (i as u32) << 24,
+                i as u32,
                 now_ms,
             )
         })
@@ -230,6 +230,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let peers = Arc::new(peers);
 
     // --- threads ---
+    let stop = Arc::new(AtomicBool::new(false));
     let (persist_tx, persist_rx) = crossbeam_channel::unbounded::<PersistBatch>();
     let persister = std::thread::Builder::new()
         .name("persister".into())
@@ -282,6 +283,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     drop(persist_tx);
 
+    let watcher = spawn_snapshot_watcher(&config, shared_snapshot.clone(), stop.clone())?;
+
     let shared = Arc::new(Shared {
         peers: peers.clone(),
         started: Instant::now(),
@@ -313,12 +316,65 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for h in handles {
         let _ = h.join();
     }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = watcher.join();
     drop(shared);
     drop(admin);
     // Workers sent their last bindings before exiting; the persister ends when the queue does.
     let _ = persister.join();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Publishes a new snapshot whenever the store changes (a CLI write, later the REST API), so
+/// provisioning reaches every worker within a second without a restart. SQLite's `data_version`
+/// moves when another connection commits (checking it is one cheap pragma); the provisioning
+/// counter then tells a provisioning change from a binding write.
+fn spawn_snapshot_watcher(
+    config: &Config,
+    target: Arc<ArcSwap<crate::store::Snapshot>>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let store = Store::open(&config.store.path, &config.registrar.realm)
+        .map_err(|e| anyhow!("cannot open store {}: {e}", config.store.path.display()))?;
+    Ok(std::thread::Builder::new()
+        .name("provisioning".into())
+        .spawn(move || {
+            let mut seen_data = store.data_version().unwrap_or(0);
+            let mut seen_prov = store.provisioning_version().unwrap_or(0);
+            let mut generation = target.load().generation;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                // data_version moves on any other connection's commit (binding writes included);
+                // the provisioning counter says whether provisioning changed.
+                let Ok(v) = store.data_version() else {
+                    continue;
+                };
+                if v == seen_data {
+                    continue;
+                }
+                seen_data = v;
+                let Ok(p) = store.provisioning_version() else {
+                    continue;
+                };
+                if p == seen_prov {
+                    continue;
+                }
+                seen_prov = p;
+                generation += 1;
+                match store.snapshot(generation) {
+                    Ok(s) => {
+                        tracing::info!(
+                            generation,
+                            credentials = s.credentials.len(),
+                            "provisioning snapshot published"
+                        );
+                        target.store(Arc::new(s));
+                    }
+                    Err(e) => tracing::error!("cannot rebuild the provisioning snapshot: {e}"),
+                }
+            }
+        })?)
 }
 
 fn random_hex16() -> [u8; 16] {

@@ -14,6 +14,7 @@ use crate::security::{self, Ban, SourceGuard};
 use crate::sip::headers::{self, RequestHeaders};
 use crate::sip::scan::{self, Header, HeaderName, Message, Method, StartLine};
 use crate::sip::transaction::{ServerTransactions, TxnKeyHasher, TIMER_J_UDP_MS};
+use crate::sip::write::response_destination;
 use crate::stats::{DropReason, WorkerStats};
 use crate::store::snapshot::{credential_key, Snapshot};
 use arc_swap::ArcSwap;
@@ -291,9 +292,9 @@ impl Worker {
             Ok(r) => r,
             Err(e) => {
                 self.stats.malformed += 1;
-                if headers::top_via(&msg).is_ok() {
+                if let Ok(via) = headers::top_via(&msg) {
                     self.stats.request(method);
-                    self.bad_request(&msg, src, arrived_ns, method, &e);
+                    self.bad_request(&msg, &via, src, arrived_ns, method, &e);
                 }
                 return;
             }
@@ -366,7 +367,12 @@ impl Worker {
                     src,
                     &tag,
                 );
-                self.send(src, Method::Register, arrived_ns, code);
+                self.send(
+                    response_destination(src, &req.via),
+                    Method::Register,
+                    arrived_ns,
+                    code,
+                );
                 return;
             }
             None => {
@@ -410,7 +416,12 @@ impl Worker {
             &self.opaque,
             self.now_ms,
         );
-        self.send(src, Method::Register, arrived_ns, answer.code());
+        self.send(
+            response_destination(src, &req.via),
+            Method::Register,
+            arrived_ns,
+            answer.code(),
+        );
     }
 
     fn answer_plain(
@@ -435,12 +446,18 @@ impl Worker {
             src,
             &tag,
         );
-        self.send(src, req.method, arrived_ns, code);
+        self.send(
+            response_destination(src, &req.via),
+            req.method,
+            arrived_ns,
+            code,
+        );
     }
 
     fn bad_request(
         &mut self,
         msg: &Message<'_>,
+        via: &headers::Via<'_>,
         src: SocketAddr,
         arrived_ns: u64,
         method: Method,
@@ -450,21 +467,26 @@ impl Worker {
         crate::sip::write::response_head(&mut self.out, 400, "Bad Request", msg, src, b"");
         let _ = write!(self.out, "Warning: 399 sipedge \"{err}\"\r\n");
         crate::sip::write::finish(&mut self.out);
-        self.send(src, method, arrived_ns, 400);
+        self.send(response_destination(src, via), method, arrived_ns, 400);
     }
 
     /// The start line or framing is broken; answer 400 only if a Via can be salvaged.
     fn answer_unparseable(&mut self, data: &[u8], src: SocketAddr, arrived_ns: u64) {
         let Some(msg) = salvage(data) else { return };
-        if headers::top_via(&msg).is_err() {
+        let Ok(via) = headers::top_via(&msg) else {
             return;
-        }
+        };
         crate::sip::write::response_head(&mut self.out, 400, "Bad Request", &msg, src, b"");
         crate::sip::write::finish(&mut self.out);
-        self.send(src, Method::Other, arrived_ns, 400);
+        self.send(
+            response_destination(src, &via),
+            Method::Other,
+            arrived_ns,
+            400,
+        );
     }
 
-    /// Queues `self.out` to `dest` (RFC 3261 §18.2.2 / RFC 3581: the source address and port).
+    /// Queues `self.out` to `dest` (see `write::response_destination`).
     fn send(&mut self, dest: SocketAddr, method: Method, arrived_ns: u64, code: u16) {
         self.stats.response(code);
         if self.tx.is_full() {

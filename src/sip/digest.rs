@@ -361,9 +361,31 @@ impl NonceKey {
     }
 }
 
+/// The `(issued, salt)` a well-formed nonce carries, for ordering nonces of one credential
+/// (call after [`NonceKey::check`] said it is valid). Minting with a salt that grows within the
+/// second makes this order chronological.
+pub fn nonce_order(nonce: &[u8]) -> Option<(u64, u32)> {
+    let mut v: u128 = 0;
+    for &c in nonce.get(..24)? {
+        v = (v << 4) | u128::from(lower_hex_val(c)?);
+    }
+    Some(((v >> 32) as u64, v as u32))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nonce_order_reads_issued_and_salt() {
+        let key = NonceKey::from_secret([1; 32]);
+        let n = key.mint(1_700_000_000, 0xdead_beef);
+        assert_eq!(
+            nonce_order(n.as_bytes()),
+            Some((1_700_000_000, 0xdead_beef))
+        );
+        assert_eq!(nonce_order(b"zz"), None);
+    }
 
     fn auth<'a>(nc: &'a [u8], cnonce: &'a [u8]) -> Option<Qop<'a>> {
         Some(Qop {
@@ -796,6 +818,31 @@ mod tests {
             }
             assert_eq!(k.check(&buf[..len], now, 300), NonceCheck::Forged);
         }
+    }
+
+    #[test]
+    fn hex_from_str() {
+        let h = ha1(
+            Algorithm::Md5,
+            b"Mufasa",
+            b"testrealm@host.com",
+            b"Circle Of Life",
+        );
+        assert_eq!(
+            Hex::from_hex_str("939e7578ed9e3c518a452acee763bce9"),
+            Some(h)
+        );
+        assert_eq!(
+            Hex::from_hex_str("939E7578ED9E3C518A452ACEE763BCE9"),
+            Some(h)
+        );
+        let s = ha1(Algorithm::Sha256, b"a", b"b", b"c");
+        assert_eq!(Hex::from_hex_str(s.as_str()), Some(s));
+        assert_eq!(Hex::from_hex_str(""), None);
+        assert_eq!(Hex::from_hex_str("939e7578ed9e3c518a452acee763bce"), None);
+        assert_eq!(Hex::from_hex_str("939e7578ed9e3c518a452acee763bcez"), None);
+        assert_eq!(Hex::from_hex_str(&"a".repeat(48)), None);
+        assert_eq!(Hex::from_hex_str(&"é".repeat(16)), None);
     }
 
     #[test]

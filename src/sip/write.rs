@@ -159,6 +159,23 @@ pub fn trim(mut s: &[u8]) -> &[u8] {
     s
 }
 
+//= https://www.rfc-editor.org/rfc/rfc3261#section-18.2.2
+//# the response MUST be sent to the address contained in the "received" parameter, if it is
+//# present, using the port indicated in the "sent-by" value, or using port 5060 if none is
+//# specified explicitly.
+//= https://www.rfc-editor.org/rfc/rfc3581#section-4
+//# it MUST send the response to the IP address from which the request was received, and the
+//# port from which the request was received (when the rport parameter is present).
+/// Where a response to a request received over UDP from `src` goes. `received` is always the
+/// source address (we add it), so only the port depends on the Via.
+pub fn response_destination(src: SocketAddr, via: &super::headers::Via<'_>) -> SocketAddr {
+    if via.rport.is_some() {
+        src
+    } else {
+        SocketAddr::new(src.ip(), via.port.unwrap_or(5060))
+    }
+}
+
 /// Status line plus the headers a response copies from its request (RFC 3261 §8.2.6.2): every
 /// Via (the top one with received/rport), From, To (with `to_tag` added when the request had
 /// none and the code is not 100), Call-ID and CSeq. The caller appends its own headers and then
@@ -308,6 +325,27 @@ mod tests {
         assert_eq!(
             v,
             b"SIP/2.0/UDP pbx.example.com;branch=z9hG4bK3;received=192.0.2.7"
+        );
+    }
+
+    #[test]
+    fn responses_go_to_the_source_ip_and_rport_or_via_port() {
+        let src: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let via = |v: &'static [u8]| crate::sip::headers::parse_via(v).unwrap();
+        assert_eq!(
+            response_destination(
+                src,
+                &via(b"SIP/2.0/UDP 10.0.0.1:5070;rport;branch=z9hG4bK1")
+            ),
+            src
+        );
+        assert_eq!(
+            response_destination(src, &via(b"SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1")),
+            "192.0.2.7:5070".parse().unwrap()
+        );
+        assert_eq!(
+            response_destination(src, &via(b"SIP/2.0/UDP pbx.example.com;branch=z9hG4bK1")),
+            "192.0.2.7:5060".parse().unwrap()
         );
     }
 

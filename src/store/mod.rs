@@ -322,6 +322,16 @@ impl Store {
             .query_row("PRAGMA data_version", [], |r| r.get(0))?)
     }
 
+    /// Bumped (by trigger) by every change to realms, tenants, credentials, trunks or numbers;
+    /// binding writes leave it alone. Check `data_version` first: it is cheaper.
+    pub fn provisioning_version(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT value FROM meta WHERE key = 'provisioning_version'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
     // ---- realms --------------------------------------------------------------------------
 
     pub fn create_realm(&self, name: &str) -> Result<Realm, StoreError> {

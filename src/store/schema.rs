@@ -76,7 +76,31 @@ CREATE TABLE numbers (
 );
 ";
 
-const MIGRATIONS: &[&str] = &[V1];
+/// Version 2: a provisioning counter that every change to provisioned data bumps (by trigger),
+/// so the runtime rebuilds its snapshot only when provisioning changed — not when the binding
+/// persister writes, which also moves SQLite's `data_version`.
+const V2: &str = "
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
+);
+INSERT INTO meta (key, value) VALUES ('provisioning_version', 0);
+CREATE TRIGGER realms_ins AFTER INSERT ON realms BEGIN UPDATE meta SET value = value + 1 WHERE key = 'provisioning_version'; END;
+CREATE TRIGGER realms_del AFTER DELETE ON realms BEGIN UPDATE meta SET value = value + 1 WHERE key = 'provisioning_version'; END;
+CREATE TRIGGER tenants_ins AFTER INSERT ON tenants BEGIN UPDATE meta SET value = value + 1 WHERE key = 'provisioning_version'; END;
+CREATE TRIGGER tenants_del AFTER DELETE ON tenants BEGIN UPDATE meta SET value = value + 1 WHERE key = 'provisioning_version'; END;
+CREATE TRIGGER credentials_ins AFTER INSERT ON credentials BEGIN UPDATE meta SET value = value + 1 WHERE key = 'provisioning_version'; END;
+CREATE TRIGGER credentials_upd AFTER UPDATE ON credentials BEGIN UPDATE meta SET value = value + 1 WHERE key = 'provisioning_version'; END;
+CREATE TRIGGER credentials_del AFTER DELETE ON credentials BEGIN UPDATE meta SET value = value + 1 WHERE key = 'provisioning_version'; END;
+CREATE TRIGGER trunks_ins AFTER INSERT ON trunks BEGIN UPDATE meta SET value = value + 1 WHERE key = 'provisioning_version'; END;
+CREATE TRIGGER trunks_upd AFTER UPDATE ON trunks BEGIN UPDATE meta SET value = value + 1 WHERE key = 'provisioning_version'; END;
+CREATE TRIGGER trunks_del AFTER DELETE ON trunks BEGIN UPDATE meta SET value = value + 1 WHERE key = 'provisioning_version'; END;
+CREATE TRIGGER numbers_ins AFTER INSERT ON numbers BEGIN UPDATE meta SET value = value + 1 WHERE key = 'provisioning_version'; END;
+CREATE TRIGGER numbers_upd AFTER UPDATE ON numbers BEGIN UPDATE meta SET value = value + 1 WHERE key = 'provisioning_version'; END;
+CREATE TRIGGER numbers_del AFTER DELETE ON numbers BEGIN UPDATE meta SET value = value + 1 WHERE key = 'provisioning_version'; END;
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

@@ -1353,6 +1353,7 @@ impl Client {
     }
 
     /// REGISTER answering `ch` with (digest username, password), nc, and `expires`.
+    #[allow(clippy::too_many_arguments)]
     pub fn register_answering(
         &mut self,
         user: &str,
