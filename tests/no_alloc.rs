@@ -70,10 +70,22 @@ fn answering_registers_does_not_allocate_once_warm() {
     let mut snap = Snapshot::empty(REALM);
     let mut key = smallvec::SmallVec::<[u8; 128]>::new();
     credential_key(b"alice", REALM.as_bytes(), &mut key);
-    let pair = |alg| HashPair { ha1: digest::ha1(alg, b"alice", REALM.as_bytes(), b"pw-123456"), ha1b: digest::ha1b(alg, b"alice", REALM.as_bytes(), b"pw-123456") };
+    let pair = |alg| HashPair {
+        ha1: digest::ha1(alg, b"alice", REALM.as_bytes(), b"pw-123456"),
+        ha1b: digest::ha1b(alg, b"alice", REALM.as_bytes(), b"pw-123456"),
+    };
     snap.credentials.insert(
         key.as_slice().into(),
-        CredentialAuth { id: 1, username: "alice".into(), realm: REALM.into(), tenant: None, md5: Some(pair(Algorithm::Md5)), sha256: Some(pair(Algorithm::Sha256)), max_calls: None, max_cps: None },
+        CredentialAuth {
+            id: 1,
+            username: "alice".into(),
+            realm: REALM.into(),
+            tenant: None,
+            md5: Some(pair(Algorithm::Md5)),
+            sha256: Some(pair(Algorithm::Sha256)),
+            max_calls: None,
+            max_cps: None,
+        },
     );
     let t0 = 1_800_000_000_000u64;
     let mut reg = Registrar::new(cfg, NonceKey::from_secret([3; 32]), 0, t0);
@@ -86,7 +98,12 @@ fn answering_registers_does_not_allocate_once_warm() {
     let ha1 = digest::ha1(Algorithm::Md5, b"alice", REALM.as_bytes(), b"pw-123456");
 
     let mut req2 = Vec::with_capacity(2048);
-    let mut round = |i: u64, now: u64, req_buf: &mut Vec<u8>, req2: &mut Vec<u8>, out: &mut Vec<u8>| -> (u16, u16) {
+    let mut round = |i: u64,
+                     now: u64,
+                     req_buf: &mut Vec<u8>,
+                     req2: &mut Vec<u8>,
+                     out: &mut Vec<u8>|
+     -> (u16, u16) {
         // 1. no Authorization -> 401
         register(req_buf, 2 * i, 1, None);
         let msg = scan(req_buf).expect("scan");
@@ -95,21 +112,64 @@ fn answering_registers_does_not_allocate_once_warm() {
         assert!(txns.lookup(k).is_none());
         let (a, _) = reg.handle_register(now, src, Transport::Udp, &msg, &req, &snap);
         txns.complete(k, a, now);
-        write_answer(out, &a, &reg, &msg, REALM.as_bytes(), src, b"totag", &opaque, now);
-        let Answer::Challenge { nonce, .. } = a else { panic!("{a:?}") };
+        write_answer(
+            out,
+            &a,
+            &reg,
+            &msg,
+            REALM.as_bytes(),
+            src,
+            b"totag",
+            &opaque,
+            now,
+        );
+        let Answer::Challenge { nonce, .. } = a else {
+            panic!("{a:?}")
+        };
         let first = a.code();
         // 2. with Authorization -> 200 (binding refreshed)
-        let resp = digest::response(Algorithm::Md5, ha1.as_bytes(), b"REGISTER", b"sip:sbc.test", nonce.as_bytes(), Some(Qop { qop: b"auth", nc: b"00000001", cnonce: b"0a4f113b" }));
+        let resp = digest::response(
+            Algorithm::Md5,
+            ha1.as_bytes(),
+            b"REGISTER",
+            b"sip:sbc.test",
+            nonce.as_bytes(),
+            Some(Qop {
+                qop: b"auth",
+                nc: b"00000001",
+                cnonce: b"0a4f113b",
+            }),
+        );
         register(req2, 2 * i + 1, 2, Some((nonce.as_str(), resp.as_str())));
         let msg = scan(req2).expect("scan");
         let req = request_headers(&msg).expect("headers");
         let k = hasher.key(&req, b"sip:sbc.test");
         let (a, _) = reg.handle_register(now, src, Transport::Udp, &msg, &req, &snap);
         txns.complete(k, a, now);
-        write_answer(out, &a, &reg, &msg, REALM.as_bytes(), src, b"totag", &opaque, now);
+        write_answer(
+            out,
+            &a,
+            &reg,
+            &msg,
+            REALM.as_bytes(),
+            src,
+            b"totag",
+            &opaque,
+            now,
+        );
         // a retransmission is answered from the transaction's recipe
         let again = txns.lookup(k).expect("completed transaction");
-        write_answer(out, &again, &reg, &msg, REALM.as_bytes(), src, b"totag", &opaque, now);
+        write_answer(
+            out,
+            &again,
+            &reg,
+            &msg,
+            REALM.as_bytes(),
+            src,
+            b"totag",
+            &opaque,
+            now,
+        );
         // what the worker's timer tick does: expire bindings and transactions, and hand the
         // changed bindings to persistence (whose batch is built once a second, off this path)
         reg.expire(now);
@@ -121,7 +181,10 @@ fn answering_registers_does_not_allocate_once_warm() {
     // warm up past one binding lifetime (300 s at one round a second): the expiry wheel, the
     // transaction table and the buffers reach their working size
     for i in 0..1_000 {
-        assert_eq!(round(i, t0 + i * 1_000, &mut req_buf, &mut req2, &mut out), (401, 200));
+        assert_eq!(
+            round(i, t0 + i * 1_000, &mut req_buf, &mut req2, &mut out),
+            (401, 200)
+        );
     }
     ALLOCS.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
@@ -132,5 +195,8 @@ fn answering_registers_does_not_allocate_once_warm() {
     COUNTING.store(false, Ordering::SeqCst);
     assert_eq!(codes, (401, 200));
     let allocs = ALLOCS.load(Ordering::SeqCst);
-    assert_eq!(allocs, 0, "{allocs} heap allocations while answering 4,000 REGISTERs");
+    assert_eq!(
+        allocs, 0,
+        "{allocs} heap allocations while answering 4,000 REGISTERs"
+    );
 }

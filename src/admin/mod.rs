@@ -3,6 +3,8 @@
 //! Owns: an axum server on a current-thread tokio runtime in its own thread. It never touches a
 //! worker's state directly: stats are requested over the workers' control channels.
 
+pub mod token;
+
 use crate::runtime::Shared;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;

@@ -128,6 +128,7 @@ impl Harness {
     }
 
     /// REGISTER with a correct response for `pass` (or a wrong one).
+    #[allow(clippy::too_many_arguments)]
     fn authed(
         &mut self,
         from: &str,

@@ -31,7 +31,24 @@ use worker::{unix_now, Worker, WorkerParts, WAKER};
 pub enum Control {
     /// Reply with a copy of the worker's stats (a scrape).
     Collect(Sender<Box<WorkerStats>>),
+    /// Reply with the shard's live bindings.
+    ListRegistrations(Sender<Vec<RegistrationView>>),
+    /// Reply with the bans this worker enforces.
+    ListBans(Sender<Vec<Ban>>),
     Shutdown,
+}
+
+/// One live binding as the API shows it (SPEC §4 registrations).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RegistrationView {
+    pub username: String,
+    pub realm: String,
+    pub contact: String,
+    /// `ip:port` as observed
+    pub source: String,
+    pub transport: &'static str,
+    pub user_agent: String,
+    pub expires_in_s: u64,
 }
 
 /// Messages between workers (and ban changes from the control plane).
@@ -84,26 +101,100 @@ pub struct Shared {
     pub peers: Arc<Vec<Peer>>,
     pub started: Instant,
     pub config: Config,
+    pub snapshot: Arc<ArcSwap<crate::store::Snapshot>>,
+    /// The bearer token every `/api` request must carry.
+    pub token: String,
 }
 
 impl Shared {
-    /// Every worker's stats; a worker that does not answer within a second is left out.
-    pub fn collect_stats(&self) -> Vec<WorkerStats> {
+    /// Asks every worker a question over its control channel and gathers the answers (a worker
+    /// that does not answer within a second is left out).
+    fn ask<T: Send + 'static>(&self, make: impl Fn(Sender<T>) -> Control) -> Vec<T> {
         let (tx, rx) = bounded(self.peers.len());
         for p in self.peers.iter() {
-            if p.control.send(Control::Collect(tx.clone())).is_ok() {
+            if p.control.send(make(tx.clone())).is_ok() {
                 p.wake();
             }
         }
         drop(tx);
         let deadline = Instant::now() + std::time::Duration::from_secs(1);
-        let mut out: Vec<WorkerStats> = Vec::with_capacity(self.peers.len());
+        let mut out = Vec::with_capacity(self.peers.len());
         while out.len() < self.peers.len() {
             match rx.recv_deadline(deadline) {
-                Ok(s) => out.push(*s),
+                Ok(v) => out.push(v),
                 Err(_) => break,
             }
         }
+        out
+    }
+
+    /// Every live binding, sorted by realm and username.
+    pub fn registrations(&self) -> Vec<RegistrationView> {
+        let mut all: Vec<RegistrationView> = self
+            .ask(Control::ListRegistrations)
+            .into_iter()
+            .flatten()
+            .collect();
+        all.sort_by(|a, b| {
+            (&a.realm, &a.username, &a.contact).cmp(&(&b.realm, &b.username, &b.contact))
+        });
+        all
+    }
+
+    /// Active bans (every worker enforces the same set; the latest expiry per IP wins).
+    pub fn bans(&self) -> Vec<Ban> {
+        let mut by_ip: std::collections::HashMap<IpAddr, Ban> = std::collections::HashMap::new();
+        for ban in self.ask(Control::ListBans).into_iter().flatten() {
+            by_ip
+                .entry(ban.ip)
+                .and_modify(|b| {
+                    if ban.until_ms > b.until_ms {
+                        *b = ban
+                    }
+                })
+                .or_insert(ban);
+        }
+        let mut v: Vec<Ban> = by_ip.into_values().collect();
+        v.sort_by_key(|b| b.ip);
+        v
+    }
+
+    /// Bans `ip` on every worker.
+    pub fn ban(&self, ban: Ban) {
+        self.broadcast(|| Handoff::Ban(ban));
+    }
+
+    /// Lifts a ban (and the IP's failure counters) on every worker.
+    pub fn lift_ban(&self, ip: IpAddr) {
+        self.broadcast(|| Handoff::LiftBan(ip));
+    }
+
+    fn broadcast(&self, make: impl Fn() -> Handoff) {
+        for p in self.peers.iter() {
+            // The control plane may wait: a full hand-off queue means a busy worker, not a dead one.
+            if p.handoff
+                .send_timeout(make(), std::time::Duration::from_secs(1))
+                .is_ok()
+            {
+                p.wake();
+            }
+        }
+    }
+
+    /// Makes a new provisioning snapshot visible to every worker (they pick it up on their next
+    /// loop turn, at most a poll timeout later).
+    pub fn publish(&self, mut snapshot: crate::store::Snapshot) {
+        snapshot.generation = self.snapshot.load().generation + 1;
+        self.snapshot.store(Arc::new(snapshot));
+        for p in self.peers.iter() {
+            p.wake();
+        }
+    }
+
+    /// Every worker's stats; a worker that does not answer within a second is left out.
+    pub fn collect_stats(&self) -> Vec<WorkerStats> {
+        let mut out: Vec<WorkerStats> =
+            self.ask(Control::Collect).into_iter().map(|b| *b).collect();
         out.sort_by_key(|s| s.worker);
         out
     }
@@ -169,6 +260,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let admin_listener = std::net::TcpListener::bind(config.admin.listen)
         .with_context(|| format!("cannot listen on admin {}", config.admin.listen))?;
     let admin_addr = admin_listener.local_addr()?;
+    let token = crate::admin::token::load_or_create(&config)?;
 
     // --- shared state ---
     let shared_snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -285,10 +377,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let watcher = spawn_snapshot_watcher(&config, shared_snapshot.clone(), stop.clone())?;
 
+    if let Some(path) = &token.generated_at {
+        // Printed once, at the start that generated it (SPEC §2); later starts read the file.
+        println!(
+            "admin token (saved to {}, mode 0600): {}",
+            path.display(),
+            token.value
+        );
+    }
     let shared = Arc::new(Shared {
+        token: token.value,
         peers: peers.clone(),
         started: Instant::now(),
         config: config.clone(),
+        snapshot: shared_snapshot.clone(),
     });
     let admin = crate::admin::spawn(admin_listener, shared.clone())?;
 

@@ -188,6 +188,34 @@ impl Worker {
                     self.stats.bans_active = self.guard.bans_active(self.now_ms) as u64;
                     let _ = reply.send(Box::new(self.stats.clone()));
                 }
+                Control::ListRegistrations(reply) => {
+                    let now = self.now_ms;
+                    let list = self
+                        .registrar
+                        .iter_bound()
+                        .flat_map(|c| {
+                            c.bindings
+                                .iter()
+                                .filter(move |b| b.expires_at_ms > now)
+                                .map(move |b| super::RegistrationView {
+                                    username: c.username.to_string(),
+                                    realm: c.realm.to_string(),
+                                    contact: b.contact.clone(),
+                                    source: b.source.to_string(),
+                                    transport: b.transport.as_str(),
+                                    user_agent: b.user_agent.clone(),
+                                    expires_in_s: b
+                                        .expires_at_ms
+                                        .saturating_sub(now)
+                                        .div_ceil(1000),
+                                })
+                        })
+                        .collect();
+                    let _ = reply.send(list);
+                }
+                Control::ListBans(reply) => {
+                    let _ = reply.send(self.guard.bans(self.now_ms).copied().collect());
+                }
                 Control::Shutdown => self.shutting_down = true,
             }
         }

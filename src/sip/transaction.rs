@@ -25,18 +25,10 @@ pub const TIMER_J_UDP_MS: u64 = 64 * T1_MS;
 pub struct TxnKey(pub u128);
 
 /// Keys the hashes with per-process random state, so nobody can aim collisions at the table.
+#[derive(Default)]
 pub struct TxnKeyHasher {
     a: std::collections::hash_map::RandomState,
     b: std::collections::hash_map::RandomState,
-}
-
-impl Default for TxnKeyHasher {
-    fn default() -> Self {
-        TxnKeyHasher {
-            a: Default::default(),
-            b: Default::default(),
-        }
-    }
 }
 
 const MAGIC_COOKIE: &[u8] = b"z9hG4bK";
