@@ -1121,6 +1121,22 @@ fn many_fresh_nonces_for_one_credential_are_all_accepted() {
         let r = c.register_with("alice", &realm, PW, Alg::Md5, 120);
         assert_code(&r, 200, &format!("registration #{i} with a fresh nonce"));
     }
+    // The same from new source ports of the same IP (NAT rebindings: not a conflict), which the
+    // kernel spreads over the workers, so nonces minted by different workers interleave.
+    for i in 1..=10 {
+        let mut c = s.client();
+        let r = c.register_with("alice", &realm, PW, Alg::Md5, 120);
+        assert_code(&r, 200, &format!("registration #{i} from a new port"));
+    }
+    // Two challenges taken before either is answered, answered in reverse order.
+    let mut a = s.client();
+    let mut b = s.client();
+    let ch_a = a.challenge("alice", &realm).challenge(Alg::Md5);
+    let ch_b = b.challenge("alice", &realm).challenge(Alg::Md5);
+    let req_b = b.register_answering("alice", &realm, &ch_b, "alice", PW, 1, 120);
+    assert_code(&b.transact(&req_b), 200, "later nonce answered first");
+    let req_a = a.register_answering("alice", &realm, &ch_a, "alice", PW, 1, 120);
+    assert_code(&a.transact(&req_a), 200, "earlier nonce answered second");
 }
 
 #[test]

@@ -665,7 +665,14 @@ impl SecurityEvent {
 
 /// A lenient pass over a message whose start line or framing failed: keeps the header lines that
 /// look like `Name: value`, so a 400 can still echo Via, From, To, Call-ID and CSeq.
+///
+/// A message that starts like a response is never answered, however broken (RFC 3261 §8.1.3.1:
+/// a malformed response is discarded).
 fn salvage(data: &[u8]) -> Option<Message<'_>> {
+    let start = data.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(data.len());
+    if data[start..].len() >= 4 && data[start..start + 4].eq_ignore_ascii_case(b"SIP/") {
+        return None;
+    }
     let mut headers: SmallVec<[Header<'_>; scan::INLINE_HEADERS]> = SmallVec::new();
     let mut lines = data.split(|&b| b == b'\n').skip(1);
     for line in lines.by_ref().take(scan::MAX_HEADERS) {
