@@ -181,13 +181,15 @@ impl Shared {
         }
     }
 
-    /// Makes a new provisioning snapshot visible to every worker (they pick it up on their next
-    /// loop turn, at most a poll timeout later).
-    pub fn publish(&self, mut snapshot: crate::store::Snapshot) {
-        snapshot.generation = self.snapshot.load().generation + 1;
-        self.snapshot.store(Arc::new(snapshot));
-        for p in self.peers.iter() {
-            p.wake();
+    /// Makes a provisioning snapshot visible to every worker (they pick it up on their next loop
+    /// turn), unless a newer one is already out: generations are the store's provisioning
+    /// counter, so concurrent publishers (the API, the store watcher) can never go backwards.
+    pub fn publish(&self, snapshot: crate::store::Snapshot) -> bool {
+        publish_if_newer(&self.snapshot, snapshot) && {
+            for p in self.peers.iter() {
+                p.wake();
+            }
+            true
         }
     }
 
@@ -239,7 +241,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.store.path, &config.registrar.realm)
         .map_err(|e| anyhow!("cannot open store {}: {e}", config.store.path.display()))?;
     let snapshot = store
-        .snapshot(1)
+        .snapshot()
         .map_err(|e| anyhow!("cannot read store {}: {e}", config.store.path.display()))?;
     let now_ms = unix_now().as_millis() as u64;
     let restored = store.load_bindings(now_ms / 1000).map_err(|e| {
@@ -444,7 +446,6 @@ fn spawn_snapshot_watcher(
         .spawn(move || {
             let mut seen_data = store.data_version().unwrap_or(0);
             let mut seen_prov = store.provisioning_version().unwrap_or(0);
-            let mut generation = target.load().generation;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 std::thread::sleep(std::time::Duration::from_millis(250));
                 // data_version moves on any other connection's commit (binding writes included);
@@ -455,28 +456,48 @@ fn spawn_snapshot_watcher(
                 if v == seen_data {
                     continue;
                 }
-                seen_data = v;
                 let Ok(p) = store.provisioning_version() else {
                     continue;
                 };
+                seen_data = v;
                 if p == seen_prov {
                     continue;
                 }
                 seen_prov = p;
-                generation += 1;
-                match store.snapshot(generation) {
+                match store.snapshot() {
                     Ok(s) => {
-                        tracing::info!(
-                            generation,
-                            credentials = s.credentials.len(),
-                            "provisioning snapshot published"
-                        );
-                        target.store(Arc::new(s));
+                        let (generation, credentials) = (s.generation, s.credentials.len());
+                        if publish_if_newer(&target, s) {
+                            tracing::info!(
+                                generation,
+                                credentials,
+                                "provisioning snapshot published"
+                            );
+                        }
                     }
                     Err(e) => tracing::error!("cannot rebuild the provisioning snapshot: {e}"),
                 }
             }
         })?)
+}
+
+/// Installs `snapshot` unless the live one is as new or newer.
+fn publish_if_newer(
+    target: &ArcSwap<crate::store::Snapshot>,
+    snapshot: crate::store::Snapshot,
+) -> bool {
+    let generation = snapshot.generation;
+    let new = Arc::new(snapshot);
+    let mut installed = false;
+    target.rcu(|live| {
+        installed = generation > live.generation;
+        if installed {
+            new.clone()
+        } else {
+            live.clone()
+        }
+    });
+    installed
 }
 
 fn random_hex16() -> [u8; 16] {

@@ -204,10 +204,9 @@ impl Worker {
                                     source: b.source.to_string(),
                                     transport: b.transport.as_str(),
                                     user_agent: b.user_agent.clone(),
-                                    expires_in_s: b
-                                        .expires_at_ms
-                                        .saturating_sub(now)
-                                        .div_ceil(1000),
+                                    // whole seconds left, rounded down: never more
+                                    // than was granted
+                                    expires_in_s: b.expires_at_ms.saturating_sub(now) / 1000,
                                 })
                         })
                         .collect();
@@ -669,7 +668,10 @@ impl SecurityEvent {
 /// A message that starts like a response is never answered, however broken (RFC 3261 §8.1.3.1:
 /// a malformed response is discarded).
 fn salvage(data: &[u8]) -> Option<Message<'_>> {
-    let start = data.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(data.len());
+    let start = data
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(data.len());
     if data[start..].len() >= 4 && data[start..start + 4].eq_ignore_ascii_case(b"SIP/") {
         return None;
     }

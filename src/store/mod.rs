@@ -1,18 +1,23 @@
-//! The embedded store (SQLite): realms, tenants, credentials and persisted bindings.
+//! The embedded store (SQLite): realms, tenants, credentials, trunks, numbers and persisted
+//! bindings.
 //!
 //! Owns: the schema, migrations, validation of provisioning input, and building the immutable
 //! [`Snapshot`]. Used from the admin thread, the CLI and the binding persister thread, never from
 //! a signalling worker. Every write is committed before the call returns (durable before 2xx).
 
+pub mod numbers;
 mod schema;
 pub mod snapshot;
+pub mod trunks;
 pub mod validate;
 
+pub use numbers::{NewNumber, NewRoute, Number, NumberPatch, Route};
 pub use snapshot::{CredentialAuth, HashPair, Snapshot};
+pub use trunks::{NewTrunk, Trunk, TrunkPatch};
 
 use crate::sip::digest::{self, Algorithm, Hex};
 use rand::Rng;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::path::Path;
 use std::time::Duration;
@@ -33,6 +38,10 @@ pub enum StoreError {
     /// HTTP 409: delete forbidden while still referenced; the text says by what.
     #[error("{0}")]
     InUse(String),
+    /// HTTP 409: the write would clash with other data (e.g. a CIDR another trunk has); the text
+    /// says with what.
+    #[error("{0}")]
+    Conflict(String),
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
     #[error("{0}")]
@@ -309,6 +318,17 @@ impl Store {
         })
     }
 
+    /// A provisioning write's transaction. `BEGIN IMMEDIATE` takes SQLite's write lock up front,
+    /// waiting (busy timeout) for another writer such as the binding persister; a deferred
+    /// transaction that reads first would instead fail with `SQLITE_BUSY_SNAPSHOT` when another
+    /// connection committed between its read and its first write.
+    fn write_tx(&self) -> Result<Transaction<'_>, StoreError> {
+        Ok(Transaction::new_unchecked(
+            &self.conn,
+            TransactionBehavior::Immediate,
+        )?)
+    }
+
     /// The default realm (lower-cased), as given to [`Store::open`].
     pub fn default_realm(&self) -> &str {
         &self.default_realm
@@ -336,7 +356,7 @@ impl Store {
 
     pub fn create_realm(&self, name: &str) -> Result<Realm, StoreError> {
         let name = check("name", validate::realm_name(name))?;
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         if realm_exists(&tx, &name)? {
             return Err(StoreError::Duplicate(format!("realm {name}")));
         }
@@ -354,10 +374,17 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// `name` case-insensitively.
+    pub fn get_realm(&self, name: &str) -> Result<Realm, StoreError> {
+        Ok(Realm {
+            name: self.existing_realm(name)?,
+        })
+    }
+
     /// The default realm cannot be deleted; a realm that credentials use is [`StoreError::InUse`].
     pub fn delete_realm(&self, name: &str) -> Result<(), StoreError> {
         let name = name.to_ascii_lowercase();
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         if !realm_exists(&tx, &name)? {
             return Err(StoreError::NotFound(format!("realm {name}")));
         }
@@ -386,7 +413,7 @@ impl Store {
 
     pub fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError> {
         let name = check("name", validate::tenant_name(name))?;
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         if tenant_exists(&tx, &name)? {
             return Err(StoreError::Duplicate(format!("tenant {name}")));
         }
@@ -418,7 +445,7 @@ impl Store {
 
     /// [`StoreError::InUse`] while the tenant owns credentials, trunks or numbers (SPEC §4).
     pub fn delete_tenant(&self, name: &str) -> Result<(), StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         if !tenant_exists(&tx, name)? {
             return Err(StoreError::NotFound(format!("tenant {name}")));
         }
@@ -442,7 +469,7 @@ impl Store {
     // ---- credentials ---------------------------------------------------------------------
 
     pub fn create_credential(&self, new: NewCredential) -> Result<CreatedCredential, StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         let created = self.insert_credential(&tx, new, "")?;
         tx.commit()?;
         Ok(created)
@@ -454,7 +481,7 @@ impl Store {
         &self,
         new: Vec<NewCredential>,
     ) -> Result<Vec<CreatedCredential>, StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         let mut created = Vec::with_capacity(new.len());
         for (i, n) in new.into_iter().enumerate() {
             created.push(self.insert_credential(&tx, n, &format!("[{i}]."))?);
@@ -601,7 +628,7 @@ impl Store {
         patch: CredentialPatch,
     ) -> Result<Credential, StoreError> {
         let realm = self.realm_or_default(realm)?;
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         let id = credential_id(&tx, username, &realm)?
             .ok_or_else(|| StoreError::NotFound(format!("credential {username}@{realm}")))?;
         // Validate everything before writing anything.
@@ -688,7 +715,7 @@ impl Store {
     /// Deletes the credential and its persisted bindings (SPEC §4).
     pub fn delete_credential(&self, username: &str, realm: Option<&str>) -> Result<(), StoreError> {
         let realm = self.realm_or_default(realm)?;
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         let id = credential_id(&tx, username, &realm)?
             .ok_or_else(|| StoreError::NotFound(format!("credential {username}@{realm}")))?;
         let routed: i64 = tx.query_row(
@@ -715,9 +742,19 @@ impl Store {
 
     /// The immutable view workers read: realms lower-cased, credentials keyed by
     /// [`snapshot::credential_key`].
-    pub fn snapshot(&self, generation: u64) -> Result<Snapshot, StoreError> {
+    /// The provisioning snapshot, read in one transaction together with the provisioning counter
+    /// it reflects: `generation` is that counter, so of two snapshots the higher generation is
+    /// always the newer data, whoever built them (see `runtime::Shared::publish`).
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let snap = self.snapshot_in_read_tx()?;
+        tx.commit()?;
+        Ok(snap)
+    }
+
+    fn snapshot_in_read_tx(&self) -> Result<Snapshot, StoreError> {
         let mut snap = Snapshot::empty(&self.default_realm);
-        snap.generation = generation;
+        snap.generation = self.provisioning_version()?.max(0) as u64;
         for realm in self.list_realms()? {
             snap.realms.insert(
                 realm

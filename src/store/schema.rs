@@ -100,7 +100,16 @@ CREATE TRIGGER numbers_upd AFTER UPDATE ON numbers BEGIN UPDATE meta SET value =
 CREATE TRIGGER numbers_del AFTER DELETE ON numbers BEGIN UPDATE meta SET value = value + 1 WHERE key = 'provisioning_version'; END;
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2];
+/// Version 3: indexes for the lookups the trunk and number work does: "which numbers route to
+/// this credential or trunk" (delete checks) and "what does this tenant own" (tenant delete).
+/// No new tables, so V2's provisioning triggers cover everything.
+const V3: &str = "
+CREATE INDEX numbers_route ON numbers(route_kind, route_target);
+CREATE INDEX numbers_tenant ON numbers(tenant);
+CREATE INDEX trunks_tenant ON trunks(tenant);
+";
+
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

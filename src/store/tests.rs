@@ -124,7 +124,7 @@ fn md5_hashes_only() {
     let c = store.create_credential(new).unwrap();
     assert_eq!(c.credential.algorithms, ["MD5"]);
     assert_eq!(c.password, None);
-    let snap = store.snapshot(7).unwrap();
+    let snap = store.snapshot().unwrap();
     let auth = snap.credential(b"bob", b"sipedge.local").unwrap();
     assert_eq!(auth.md5.as_ref().unwrap().ha1.as_str(), HA1_MD5);
     assert!(auth.sha256.is_none());
@@ -197,7 +197,7 @@ fn generated_username_and_password() {
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
     // The generated password is the one hashed.
-    let snap = store.snapshot(1).unwrap();
+    let snap = store.snapshot().unwrap();
     let auth = snap.credential(u.as_bytes(), b"sipedge.local").unwrap();
     let expect = crate::sip::digest::ha1(
         Algorithm::Md5,
@@ -490,7 +490,7 @@ fn update_credential() {
             .algorithms,
         ["MD5", "SHA-256"]
     );
-    let snap = store.snapshot(1).unwrap();
+    let snap = store.snapshot().unwrap();
     assert_eq!(
         snap.credential(b"alice", b"sipedge.local")
             .unwrap()
@@ -544,8 +544,11 @@ fn snapshot_contents() {
             ..alice()
         })
         .unwrap();
-    let snap = store.snapshot(42).unwrap();
-    assert_eq!(snap.generation, 42);
+    let snap = store.snapshot().unwrap();
+    assert_eq!(
+        snap.generation as i64,
+        store.provisioning_version().unwrap()
+    );
     assert_eq!(&*snap.default_realm, "sipedge.local");
     assert_eq!(snap.realms.len(), 2);
     assert_eq!(snap.realm_for_host(b"B.EXAMPLE"), b"b.example");
@@ -669,4 +672,431 @@ fn data_version_sees_other_connections() {
     other.create_credential(alice()).unwrap();
     assert_ne!(store.data_version().unwrap(), before);
     assert_eq!(store.list_credentials(None).unwrap().len(), 1);
+}
+
+// ---- trunks and numbers --------------------------------------------------------------------
+
+fn pbx_trunk(name: &str, cidrs: &[&str]) -> NewTrunk {
+    NewTrunk {
+        name: name.into(),
+        cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
+        destination: "sip:pbx.example.com:5060;transport=udp".into(),
+        ..Default::default()
+    }
+}
+
+fn number_to(number: &str, route: NewRoute) -> NewNumber {
+    NewNumber {
+        number: number.into(),
+        tenant: None,
+        route,
+        headers: None,
+    }
+}
+
+fn strings(xs: &[&str]) -> Vec<String> {
+    xs.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn trunk_crud_and_cidr_rules() {
+    let (_dir, store) = open();
+    let before = store.provisioning_version().unwrap();
+    let t = store
+        .create_trunk(NewTrunk {
+            max_calls: Some(30),
+            codecs: Some(strings(&["pcmu", "PCMA"])),
+            ..pbx_trunk(
+                "acme-pbx",
+                &["198.51.100.0/24", "203.0.113.7", "2001:db8::/32"],
+            )
+        })
+        .unwrap();
+    assert!(store.provisioning_version().unwrap() > before);
+    assert_eq!(
+        t.cidrs,
+        strings(&["198.51.100.0/24", "203.0.113.7/32", "2001:db8::/32"])
+    );
+    assert_eq!(t.codecs, strings(&["PCMU", "PCMA"]));
+    assert_eq!(t.max_calls, Some(30));
+    assert_eq!(store.get_trunk("acme-pbx").unwrap(), t);
+    assert_eq!(store.list_trunks().unwrap(), vec![t.clone()]);
+
+    assert!(matches!(
+        store.create_trunk(pbx_trunk("acme-pbx", &["192.0.2.1"])),
+        Err(StoreError::Duplicate(_))
+    ));
+    // The same network cannot identify two trunks.
+    let e = store
+        .create_trunk(pbx_trunk("other", &["192.0.2.1", "203.0.113.7/32"]))
+        .unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Conflict(s) if s.starts_with("cidrs[1]: ") && s.contains("acme-pbx")),
+        "{e:?}"
+    );
+    let bad: Vec<(NewTrunk, &str)> = vec![
+        (pbx_trunk("a b", &["192.0.2.1"]), "name"),
+        (pbx_trunk("x", &[]), "cidrs"),
+        (pbx_trunk("x", &["192.0.2.1", "nonsense"]), "cidrs[1]"),
+        (pbx_trunk("x", &["192.0.2.1/24"]), "cidrs[0]"),
+        (pbx_trunk("x", &["192.0.2.0/33"]), "cidrs[0]"),
+        (pbx_trunk("x", &["0.0.0.0/0"]), "cidrs[0]"),
+        (pbx_trunk("x", &["192.0.2.1", "192.0.2.1/32"]), "cidrs[1]"),
+        (
+            NewTrunk {
+                destination: "http://pbx.example.com".into(),
+                ..pbx_trunk("x", &["192.0.2.1"])
+            },
+            "destination",
+        ),
+        (
+            NewTrunk {
+                tenant: Some("nobody".into()),
+                ..pbx_trunk("x", &["192.0.2.1"])
+            },
+            "tenant",
+        ),
+        (
+            NewTrunk {
+                max_cps: Some(0.0),
+                ..pbx_trunk("x", &["192.0.2.1"])
+            },
+            "max_cps",
+        ),
+        (
+            NewTrunk {
+                allowed_cli: Some(strings(&["5551230000"])),
+                ..pbx_trunk("x", &["192.0.2.1"])
+            },
+            "allowed_cli",
+        ),
+    ];
+    for (new, field) in bad {
+        let e = store.create_trunk(new.clone()).unwrap_err();
+        assert_eq!(field_of(e), field, "{new:?}");
+    }
+    assert_eq!(store.list_trunks().unwrap().len(), 1);
+
+    store.create_tenant("acme").unwrap();
+    let u = store
+        .update_trunk(
+            "acme-pbx",
+            TrunkPatch {
+                tenant: Some(Some("acme".into())),
+                cidrs: Some(strings(&["198.51.100.0/25"])),
+                max_calls: Some(None),
+                allowed_cli: Some(strings(&["+15551230000"])),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(u.tenant.as_deref(), Some("acme"));
+    assert_eq!(u.cidrs, strings(&["198.51.100.0/25"]));
+    assert_eq!(u.max_calls, None);
+    assert_eq!(u.codecs, strings(&["PCMU", "PCMA"]), "left alone");
+    let e = store
+        .update_trunk(
+            "acme-pbx",
+            TrunkPatch {
+                destination: Some("sip:".into()),
+                max_calls: Some(Some(5)),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(field_of(e), "destination");
+    assert_eq!(
+        store.get_trunk("acme-pbx").unwrap().max_calls,
+        None,
+        "nothing written"
+    );
+    assert!(matches!(
+        store.update_trunk("nope", TrunkPatch::default()),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.delete_tenant("acme"),
+        Err(StoreError::InUse(_))
+    ));
+
+    store
+        .create_number(number_to(
+            "+15551230000",
+            NewRoute::Trunk("acme-pbx".into()),
+        ))
+        .unwrap();
+    assert!(matches!(
+        store.delete_trunk("acme-pbx"),
+        Err(StoreError::InUse(_))
+    ));
+    store.delete_number("+15551230000").unwrap();
+    store.delete_trunk("acme-pbx").unwrap();
+    assert!(matches!(
+        store.delete_trunk("acme-pbx"),
+        Err(StoreError::NotFound(_))
+    ));
+    store.delete_tenant("acme").unwrap();
+}
+
+#[test]
+fn number_routes_headers_and_references() {
+    let (_dir, store) = open();
+    store.create_credential(alice()).unwrap();
+    store.create_realm("b.example").unwrap();
+    store
+        .create_credential(NewCredential {
+            username: Some("bob".into()),
+            realm: Some("b.example".into()),
+            ..alice()
+        })
+        .unwrap();
+    store.create_tenant("acme").unwrap();
+
+    let n = store
+        .create_number(NewNumber {
+            tenant: Some("acme".into()),
+            headers: Some(vec![
+                ("Account".into(), "42".into()),
+                ("x-Trace".into(), "on; level=2".into()),
+            ]),
+            ..number_to(
+                "+15551230000",
+                NewRoute::Credential {
+                    username: "alice".into(),
+                    realm: None,
+                },
+            )
+        })
+        .unwrap();
+    assert_eq!(
+        n.route,
+        Route::Credential {
+            username: "alice".into(),
+            realm: "sipedge.local".into()
+        }
+    );
+    assert_eq!(
+        n.headers.iter().collect::<Vec<_>>(),
+        vec![
+            (&"X-Account".to_string(), &"42".to_string()),
+            (&"x-Trace".to_string(), &"on; level=2".to_string())
+        ]
+    );
+    assert_eq!(
+        serde_json::to_value(&n.route).unwrap(),
+        serde_json::json!({"credential": "alice", "realm": "sipedge.local"})
+    );
+    assert_eq!(store.get_number("+15551230000").unwrap(), n);
+    assert!(matches!(
+        store.create_number(number_to(
+            "+15551230000",
+            NewRoute::Uri("sip:{number}@x.example".into())
+        )),
+        Err(StoreError::Duplicate(_))
+    ));
+    let uri = store
+        .create_number(number_to(
+            "+4930123456",
+            NewRoute::Uri("sip:{number}@pbx.example.com:5061;transport=tls".into()),
+        ))
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&uri.route).unwrap(),
+        serde_json::json!({"uri": "sip:{number}@pbx.example.com:5061;transport=tls"})
+    );
+    store
+        .create_number(number_to(
+            "+4930123457",
+            NewRoute::Credential {
+                username: "bob".into(),
+                realm: Some("B.example".into()),
+            },
+        ))
+        .unwrap();
+    assert_eq!(store.list_numbers().unwrap().len(), 3);
+
+    let cred = |u: &str, r: Option<&str>| NewRoute::Credential {
+        username: u.into(),
+        realm: r.map(Into::into),
+    };
+    let long_value = "v".repeat(1000);
+    let bad: Vec<(NewNumber, &str)> = vec![
+        (number_to("15551230001", cred("alice", None)), "number"),
+        (number_to("+1555", cred("alice", None)), "number"),
+        (
+            number_to("+15551230001", cred("carol", None)),
+            "route.credential",
+        ),
+        (
+            number_to("+15551230001", cred("bob", None)),
+            "route.credential",
+        ),
+        (
+            number_to("+15551230001", cred("bob", Some("nope.example"))),
+            "route.realm",
+        ),
+        (
+            number_to("+15551230001", NewRoute::Trunk("nope".into())),
+            "route.trunk",
+        ),
+        (
+            number_to("+15551230001", NewRoute::Uri("tel:{number}".into())),
+            "route.uri",
+        ),
+        (
+            number_to("+15551230001", NewRoute::Uri("sip:{num}@x.example".into())),
+            "route.uri",
+        ),
+        (
+            NewNumber {
+                tenant: Some("nobody".into()),
+                ..number_to("+15551230001", cred("alice", None))
+            },
+            "tenant",
+        ),
+        (
+            NewNumber {
+                headers: Some(vec![("Bad Name".into(), "v".into())]),
+                ..number_to("+15551230001", cred("alice", None))
+            },
+            "headers.Bad Name",
+        ),
+        (
+            NewNumber {
+                headers: Some(vec![("Inject".into(), "v\r\nVia: evil".into())]),
+                ..number_to("+15551230001", cred("alice", None))
+            },
+            "headers.Inject",
+        ),
+        (
+            NewNumber {
+                headers: Some(vec![("A".repeat(49), "v".into())]),
+                ..number_to("+15551230001", cred("alice", None))
+            },
+            &*Box::leak(format!("headers.{}", "A".repeat(49)).into_boxed_str()),
+        ),
+        (
+            NewNumber {
+                headers: Some(vec![
+                    ("A".into(), long_value.clone()),
+                    ("B".into(), "x".repeat(20)),
+                ]),
+                ..number_to("+15551230001", cred("alice", None))
+            },
+            "headers",
+        ),
+        (
+            NewNumber {
+                headers: Some(vec![
+                    ("Foo".into(), "1".into()),
+                    ("x-foo".into(), "2".into()),
+                ]),
+                ..number_to("+15551230001", cred("alice", None))
+            },
+            "headers.x-foo",
+        ),
+    ];
+    for (new, field) in bad {
+        let e = store.create_number(new.clone()).unwrap_err();
+        assert_eq!(field_of(e), field, "{new:?}");
+    }
+    assert_eq!(store.list_numbers().unwrap().len(), 3, "nothing written");
+
+    // 48 + "X-" = 50 characters is the longest name; the lines may total exactly 1024 bytes.
+    let exact = "v".repeat(1024 - 50 - 2);
+    store
+        .create_number(NewNumber {
+            headers: Some(vec![("B".repeat(48), exact)]),
+            ..number_to("+15551230002", cred("alice", None))
+        })
+        .unwrap();
+
+    // References: a routed credential, its realm and the owning tenant cannot go.
+    assert!(matches!(
+        store.delete_credential("alice", None),
+        Err(StoreError::InUse(_))
+    ));
+    assert!(matches!(
+        store.delete_credential("bob", Some("b.example")),
+        Err(StoreError::InUse(_))
+    ));
+    assert!(matches!(
+        store.delete_tenant("acme"),
+        Err(StoreError::InUse(_))
+    ));
+
+    let u = store
+        .update_number(
+            "+15551230000",
+            NumberPatch {
+                tenant: Some(None),
+                route: Some(NewRoute::Uri("sips:{number}@pbx.example.com".into())),
+                headers: Some(vec![]),
+            },
+        )
+        .unwrap();
+    assert_eq!(u.tenant, None);
+    assert!(u.headers.is_empty());
+    assert_eq!(u.route, Route::Uri("sips:{number}@pbx.example.com".into()));
+    let e = store
+        .update_number(
+            "+15551230000",
+            NumberPatch {
+                tenant: Some(Some("acme".into())),
+                route: Some(NewRoute::Trunk("nope".into())),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(field_of(e), "route.trunk");
+    assert_eq!(
+        store.get_number("+15551230000").unwrap().tenant,
+        None,
+        "nothing written"
+    );
+    assert!(matches!(
+        store.update_number("+19999999999", NumberPatch::default()),
+        Err(StoreError::NotFound(_))
+    ));
+    store.delete_tenant("acme").unwrap();
+    store.delete_number("+15551230002").unwrap();
+    store.delete_credential("alice", None).unwrap();
+    store.delete_number("+4930123457").unwrap();
+    store.delete_credential("bob", Some("b.example")).unwrap();
+    store.delete_realm("b.example").unwrap();
+    assert!(matches!(
+        store.delete_number("+4930123457"),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.list_numbers().unwrap().len(), 2);
+}
+
+#[test]
+fn schema_v2_database_upgrades_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        // A database as version 2 left it, with a credential in it.
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        tx.execute_batch(schema::MIGRATIONS[1]).unwrap();
+        tx.pragma_update(None, "user_version", 2).unwrap();
+        tx.commit().unwrap();
+    }
+    let store = Store::open(&path, "sipedge.local").unwrap();
+    store.create_credential(alice()).unwrap();
+    let version: i64 = store
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let before = store.provisioning_version().unwrap();
+    store
+        .create_trunk(pbx_trunk("t", &["192.0.2.0/24"]))
+        .unwrap();
+    store
+        .create_number(number_to("+15551230000", NewRoute::Trunk("t".into())))
+        .unwrap();
+    assert_eq!(store.provisioning_version().unwrap(), before + 2);
 }
