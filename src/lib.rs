@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod fasthash;
 pub mod registrar;
 pub mod runtime;
 pub mod security;

@@ -7,8 +7,8 @@
 //! every worker drops the source. Time is unix milliseconds passed in.
 
 use crate::config::SecurityConfig;
+use crate::fasthash::FastMap;
 use smallvec::SmallVec;
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 /// Which worker counts failures for this IP (stable, cheap).
@@ -26,14 +26,17 @@ pub fn owner_of(ip: IpAddr, workers: usize) -> usize {
 /// `scanner_user_agents` are lower-cased substrings; the match is case-insensitive and does not
 /// allocate.
 pub fn is_scanner(user_agent: &[u8], patterns: &[String]) -> bool {
-    patterns.iter().any(|p| {
-        let p = p.as_bytes();
-        !p.is_empty()
-            && user_agent.len() >= p.len()
-            && user_agent
-                .windows(p.len())
-                .any(|w| w.eq_ignore_ascii_case(p))
-    })
+    // Lower-case once into a stack buffer (User-Agents are short; a longer one is checked on its
+    // first 256 bytes, where scanners put their name), then a substring search per pattern.
+    let mut buf = [0u8; 256];
+    let n = user_agent.len().min(buf.len());
+    for (d, s) in buf.iter_mut().zip(&user_agent[..n]) {
+        *d = s.to_ascii_lowercase();
+    }
+    let ua = &buf[..n];
+    patterns
+        .iter()
+        .any(|p| !p.is_empty() && memchr::memmem::find(ua, p.as_bytes()).is_some())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,8 +71,61 @@ struct Bucket {
 
 #[derive(Default)]
 struct Counters {
-    auth_failures: SmallVec<[u64; 16]>,
-    throttles: SmallVec<[u64; 16]>,
+    auth_failures: WindowCount,
+    throttles: WindowCount,
+}
+
+/// Limits up to this are counted exactly over a sliding window; larger ones (configs that mean
+/// "practically never") over fixed windows, so work and memory per source stay bounded.
+const EXACT_LIMIT: u32 = 64;
+
+/// Events of one kind from one source within `window_s`.
+#[derive(Default)]
+struct WindowCount {
+    /// Event times, oldest first (exact mode).
+    times: SmallVec<[u64; 16]>,
+    /// Fixed-window mode: start of the current window and events in it.
+    window_start_ms: u64,
+    in_window: u32,
+}
+
+impl WindowCount {
+    /// Counts an event at `now_ms`; true when it is the `limit`-th within the window.
+    fn hit(&mut self, now_ms: u64, window_ms: u64, limit: u32) -> bool {
+        if limit <= EXACT_LIMIT {
+            self.forget_before(now_ms, window_ms);
+            self.times.push(now_ms);
+            self.times.len() >= limit as usize
+        } else {
+            if now_ms.saturating_sub(self.window_start_ms) >= window_ms {
+                self.window_start_ms = now_ms;
+                self.in_window = 0;
+            }
+            self.in_window += 1;
+            self.in_window >= limit
+        }
+    }
+
+    fn forget_before(&mut self, now_ms: u64, window_ms: u64) {
+        let old = self
+            .times
+            .iter()
+            .take_while(|t| now_ms.saturating_sub(**t) >= window_ms)
+            .count();
+        self.times.drain(..old);
+        if now_ms.saturating_sub(self.window_start_ms) >= window_ms {
+            self.in_window = 0;
+        }
+    }
+
+    fn reset(&mut self) {
+        self.times.clear();
+        self.in_window = 0;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.times.is_empty() && self.in_window == 0
+    }
 }
 
 /// Caps that keep a spoofed-source flood from growing the tables without bound.
@@ -77,9 +133,9 @@ const MAX_TRACKED_SOURCES: usize = 1 << 20;
 
 pub struct SourceGuard {
     cfg: SecurityConfig,
-    bans: HashMap<IpAddr, Ban>,
-    buckets: HashMap<IpAddr, Bucket>,
-    counters: HashMap<IpAddr, Counters>,
+    bans: FastMap<IpAddr, Ban>,
+    buckets: FastMap<IpAddr, Bucket>,
+    counters: FastMap<IpAddr, Counters>,
     last_sweep_ms: u64,
 }
 
@@ -87,9 +143,9 @@ impl SourceGuard {
     pub fn new(cfg: SecurityConfig) -> SourceGuard {
         SourceGuard {
             cfg,
-            bans: HashMap::new(),
-            buckets: HashMap::new(),
-            counters: HashMap::new(),
+            bans: FastMap::default(),
+            buckets: FastMap::default(),
+            counters: FastMap::default(),
             last_sweep_ms: 0,
         }
     }
@@ -145,7 +201,7 @@ impl SourceGuard {
         now_ms: u64,
         limit: u32,
         reason: BanReason,
-        which: impl Fn(&mut Counters) -> &mut SmallVec<[u64; 16]>,
+        which: impl Fn(&mut Counters) -> &mut WindowCount,
     ) -> Option<Ban> {
         if self.is_banned(ip, now_ms) {
             return None;
@@ -154,11 +210,9 @@ impl SourceGuard {
             self.sweep(now_ms, true);
         }
         let window_ms = u64::from(self.cfg.window_s) * 1000;
-        let times = which(self.counters.entry(ip).or_default());
-        times.retain(|t| now_ms.saturating_sub(*t) < window_ms);
-        times.push(now_ms);
-        if times.len() >= limit as usize {
-            times.clear();
+        let count = which(self.counters.entry(ip).or_default());
+        if count.hit(now_ms, window_ms, limit) {
+            count.reset();
             let ban = Ban {
                 ip,
                 until_ms: now_ms + u64::from(self.cfg.ban_s) * 1000,
@@ -200,10 +254,8 @@ impl SourceGuard {
             .retain(|_, b| now_ms.saturating_sub(b.last_ms) < 1000);
         let window_ms = u64::from(self.cfg.window_s) * 1000;
         self.counters.retain(|_, c| {
-            c.auth_failures
-                .retain(|t| now_ms.saturating_sub(*t) < window_ms);
-            c.throttles
-                .retain(|t| now_ms.saturating_sub(*t) < window_ms);
+            c.auth_failures.forget_before(now_ms, window_ms);
+            c.throttles.forget_before(now_ms, window_ms);
             !(c.auth_failures.is_empty() && c.throttles.is_empty())
         });
     }
@@ -261,6 +313,22 @@ mod tests {
         assert_eq!(g.bans_active(10), 1);
         assert!(g.lift_ban(ip));
         assert!(!g.is_banned(ip, 11));
+    }
+
+    #[test]
+    fn huge_limits_are_counted_in_bounded_space() {
+        let mut g = SourceGuard::new(SecurityConfig {
+            auth_fail_limit: 1_000_000,
+            ..cfg()
+        });
+        let ip: IpAddr = "192.0.2.3".parse().unwrap();
+        for i in 0..999_999u64 {
+            assert_eq!(g.record_auth_failure(ip, i / 100), None);
+        }
+        assert!(
+            g.record_auth_failure(ip, 10_000).is_some(),
+            "the millionth failure in the window bans"
+        );
     }
 
     #[test]

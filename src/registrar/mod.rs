@@ -10,13 +10,13 @@
 pub mod response;
 
 use crate::config::{OnConflict, RegistrarConfig};
+use crate::fasthash::FastMap;
 use crate::sip::digest::{self, Algorithm, Nonce, NonceCheck, NonceKey, Qop};
 use crate::sip::headers::{self, Contacts, DigestCredentials, RequestHeaders};
 use crate::sip::scan::{HeaderName, Message};
 use crate::store::snapshot::{credential_key, CredentialAuth, Snapshot};
 use crate::timer::TimerWheel;
 use smallvec::SmallVec;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 /// RFC 3261 §10.2.1.1: a contact without an expiry asks for 3600 s.
@@ -201,7 +201,7 @@ pub struct Registrar {
     nonce_key: NonceKey,
     shard: u32,
     nonce_counter: u16,
-    index: HashMap<Box<[u8]>, u32>,
+    index: FastMap<Box<[u8]>, u32>,
     slots: Vec<CredState>,
     expiry: TimerWheel<u32>,
     expired_scratch: Vec<u32>,
@@ -217,7 +217,7 @@ impl Registrar {
             nonce_key,
             shard,
             nonce_counter: 0,
-            index: HashMap::new(),
+            index: FastMap::default(),
             slots: Vec::new(),
             expiry: TimerWheel::new(100, 1024, now_ms),
             expired_scratch: Vec::new(),

@@ -4,8 +4,8 @@
 //! thread builds a new one after every committed write and publishes it (`ArcSwap`); workers only
 //! ever read. Lookups take borrowed byte slices and never allocate.
 
+use crate::fasthash::{FastMap, FastSet};
 use crate::sip::digest::{Algorithm, Hex};
-use std::collections::{HashMap, HashSet};
 
 /// The digest secrets of one credential: HA1 and HA1b for each algorithm it has hashes for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,27 +50,31 @@ pub struct Snapshot {
     /// Lower-cased.
     pub default_realm: Box<str>,
     /// Every provisioned realm, lower-cased (the default realm included).
-    pub realms: HashSet<Box<[u8]>>,
+    pub realms: FastSet<Box<[u8]>>,
     /// Keyed by [`credential_key`].
-    pub credentials: HashMap<Box<[u8]>, CredentialAuth>,
+    pub credentials: FastMap<Box<[u8]>, CredentialAuth>,
 }
 
 impl Snapshot {
     pub fn empty(default_realm: &str) -> Snapshot {
         let default_realm: Box<str> = default_realm.to_ascii_lowercase().into();
-        let mut realms = HashSet::new();
+        let mut realms = FastSet::default();
         realms.insert(Box::<[u8]>::from(default_realm.as_bytes()));
         Snapshot {
             generation: 0,
             default_realm,
             realms,
-            credentials: HashMap::new(),
+            credentials: FastMap::default(),
         }
     }
 
     /// SPEC §3.2: the provisioned realm equal to the To host (case-insensitive), else the default.
     /// Returns the lower-cased realm.
     pub fn realm_for_host<'s>(&'s self, host: &[u8]) -> &'s [u8] {
+        // The common case, without lower-casing and hashing.
+        if host.eq_ignore_ascii_case(self.default_realm.as_bytes()) || self.realms.len() <= 1 {
+            return self.default_realm.as_bytes();
+        }
         let mut lower = smallvec::SmallVec::<[u8; 128]>::new();
         lower.extend(host.iter().map(|b| b.to_ascii_lowercase()));
         match self.realms.get(&lower[..]) {
