@@ -147,6 +147,8 @@ pub struct Binding {
     pub cseq: u32,
     pub registered_at_ms: u64,
     pub expires_at_ms: u64,
+    /// The expiry the store holds for this binding (0: not stored yet).
+    pub persisted_expires_at_ms: u64,
 }
 
 /// A nonce this credential has used, identified by its authenticated `(issued, salt)`.
@@ -511,12 +513,17 @@ impl Registrar {
                     cseq: 0,
                     registered_at_ms: now_ms,
                     expires_at_ms,
+                    persisted_expires_at_ms: 0,
                 });
                 self.active += 1;
                 state.bindings.len() - 1
             }
         };
         let b = &mut state.bindings[idx];
+        let moved = existing.is_none()
+            || b.contact.as_bytes() != first.addr.uri_raw
+            || b.source != source
+            || b.transport != transport;
         set_lossy(&mut b.contact, first.addr.uri_raw);
         set_lossy(&mut b.user_agent, user_agent);
         set_lossy(&mut b.call_id, req.call_id);
@@ -525,8 +532,16 @@ impl Registrar {
         b.transport = transport;
         b.registered_at_ms = now_ms;
         b.expires_at_ms = expires_at_ms;
+        // A pure refresh is persisted only once the stored expiry lags by more than half the
+        // grant. A PBX that refreshes more often than that always refreshes before the stored
+        // expiry, so after a restart no binding lapses early; and the store is not rewritten on
+        // every refresh (it was the largest cost per registration under load).
+        let stale =
+            expires_at_ms.saturating_sub(b.persisted_expires_at_ms) > u64::from(granted) * 500;
         state.last_accepted_ms = Some(now_ms);
-        self.mark_dirty(slot);
+        if moved || stale {
+            self.mark_dirty(slot);
+        }
         self.expiry.insert(expires_at_ms, slot as u32);
         (Answer::Registered { expires: granted }, Effects::default())
     }
@@ -591,6 +606,9 @@ impl Registrar {
                 realm: &s.realm,
                 bindings: &s.bindings,
             });
+            for b in s.bindings.iter_mut() {
+                b.persisted_expires_at_ms = b.expires_at_ms;
+            }
         }
     }
 

@@ -544,6 +544,7 @@ fn restored_bindings_count_and_keep_the_throttle() {
         cseq: 1,
         registered_at_ms: T0 - 10_000,
         expires_at_ms: T0 + 200_000,
+        persisted_expires_at_ms: T0 + 200_000,
     };
     h.reg.restore("alice", REALM, b.clone(), T0);
     h.reg.restore(
@@ -605,4 +606,34 @@ fn many_nonces_in_one_second_are_all_usable_and_evicted_ones_are_not_replayable(
             .0,
         Answer::Registered { expires: 300 }
     );
+}
+
+#[test]
+fn pure_refreshes_are_persisted_only_when_the_stored_expiry_lags_half_a_grant() {
+    let mut h = Harness::new(RegistrarConfig {
+        min_interval_s: 0,
+        ..cfg()
+    });
+    let mut dirty = 0;
+    h.register(PBX, "alice", Some("300"));
+    h.reg.drain_dirty(|_| dirty += 1);
+    assert_eq!(dirty, 1, "a new binding is persisted");
+    // refreshes every 100 s: stored expiry T0+300 s; the refresh at +100 s (expiry +400 s) lags
+    // 100 s < 150 s: not written; at +200 s (expiry +500 s) it lags 200 s: written
+    for (at_s, expect) in [(100u64, 0), (200, 1), (250, 0), (400, 1)] {
+        h.now = T0 + at_s * 1000;
+        assert_eq!(
+            h.register(PBX, "alice", Some("300")).0,
+            Answer::Registered { expires: 300 }
+        );
+        let mut n = 0;
+        h.reg.drain_dirty(|_| n += 1);
+        assert_eq!(n, expect, "refresh at +{at_s} s");
+    }
+    // a new contact or source is always written
+    h.now += 1_000;
+    h.register("192.0.2.10:6000", "alice", Some("300"));
+    let mut n = 0;
+    h.reg.drain_dirty(|_| n += 1);
+    assert_eq!(n, 1, "NAT rebinding is persisted at once");
 }

@@ -296,6 +296,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             cseq: row.cseq,
             registered_at_ms: row.registered_at_unix * 1000,
             expires_at_ms: row.expires_at_unix * 1000,
+            persisted_expires_at_ms: row.expires_at_unix * 1000,
         };
         registrars[shard].restore(&row.username, &row.realm, binding, now_ms);
         restored_count += 1;
