@@ -172,7 +172,8 @@ r = dict(system=a.system, label=a.label, tool=tool, offered_rate=a.rate, calls=a
          host_softirq_pct=round(100 * (h1["softirq"] - h0["softirq"]) / wall, 1),
          load1_before=load0, ncpu=ncpu, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
 if tool == "loadgen":
-    r.update(lat_p50_us=lg["p50_us"], lat_p99_us=lg["p99_us"], lat_p999_us=lg["p999_us"], codes=lg["codes"])
+    r.update(lat_p50_us=lg["p50_us"], lat_p99_us=lg["p99_us"], lat_p999_us=lg["p999_us"], codes=lg["codes"],
+             stale_retries=lg.get("stale", 0), loadgen_sockets=lg["sockets"])
 if a.scrape:
     r["processing_us"] = scraped or {"error": "step ended before the scrape"}
 print(json.dumps(r))

@@ -43,6 +43,7 @@ usage: sipedge-loadgen [options]
   --timeout-ms MS        give a registration up after MS            [5000]
   --batch B              datagrams per sendmmsg/recvmmsg (<= 64)    [32]
   --label L              label copied into the JSON line            [loadgen]
+  --dump N               print the first N unexpected responses to stderr [0]
   -h, --help
 Output: one JSON line: offered_rate, started, ok, failed, retrans, wall_s, ok_per_s,
 p50_us/p99_us/p999_us/max_us (full registration, first send -> 200), loadgen CPU.";
@@ -52,6 +53,8 @@ const RECV_MAX: usize = 4096;
 const MAX_BATCH: usize = 64;
 const MAX_LAT_SAMPLES: usize = 20_000_000;
 const UNUSED: u64 = u64::MAX;
+/// Authenticated attempts answered 401 stale=true that are retried with the fresh nonce.
+const MAX_STALE_RETRIES: u8 = 3;
 
 struct Args {
     target: SocketAddr,
@@ -71,6 +74,7 @@ struct Args {
     timeout: Duration,
     batch: usize,
     label: String,
+    dump: u32,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -104,6 +108,7 @@ fn parse_args() -> Args {
         timeout: Duration::from_millis(5000),
         batch: 32,
         label: "loadgen".into(),
+        dump: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -149,6 +154,7 @@ fn parse_args() -> Args {
             "--timeout-ms" => a.timeout = Duration::from_millis(num(&val) as u64),
             "--batch" => a.batch = num(&val) as usize,
             "--label" => a.label = val,
+            "--dump" => a.dump = num(&val) as u32,
             _ => die(&format!("unknown option {flag} (see --help)")),
         }
     }
@@ -245,7 +251,7 @@ fn load_users(a: &Args) -> Vec<User> {
 struct Slot {
     seq: u64,
     user: u32,
-    /// 1 = waiting for the 401 (CSeq 1), 2 = waiting for the 200 (CSeq 2)
+    /// The CSeq awaited: 1 = the challenge, 2 = the 200 (3, 4 after stale=true retries)
     phase: u8,
     queued: bool,
     start_ns: u64,
@@ -260,6 +266,7 @@ struct Stats {
     failed_status: u64,
     failed_challenge: u64,
     retrans: u64,
+    stale: u64,
     stray: u64,
     codes: Vec<(u16, u64)>,
     lat_us: Vec<u32>,
@@ -282,6 +289,7 @@ struct Challenge<'a> {
     opaque: Option<&'a [u8]>,
     qop_auth: bool,
     alg: Option<Algorithm>,
+    stale: bool,
 }
 
 /// Parses `Digest k=v, k="v", ...`; None if not Digest or the algorithm is unsupported.
@@ -344,6 +352,8 @@ fn parse_challenge(v: &[u8]) -> Option<Challenge<'_>> {
                 .any(|t| trim(t).eq_ignore_ascii_case(b"auth"));
         } else if key.eq_ignore_ascii_case(b"algorithm") {
             c.alg = Algorithm::parse(val);
+        } else if key.eq_ignore_ascii_case(b"stale") {
+            c.stale = val.eq_ignore_ascii_case(b"true");
         }
     }
     if !have_nonce {
@@ -478,7 +488,7 @@ impl Ctx<'_> {
     ) -> Option<usize> {
         let user = &self.users[s.user as usize];
         let local = self.local[slot % nsock];
-        let cseq = if auth.is_some() { 2 } else { 1 };
+        let cseq = s.phase;
         let mut w = std::io::Cursor::new(out);
         let host = match local.ip() {
             IpAddr::V6(ip) => format!("[{ip}]"),
@@ -639,6 +649,7 @@ fn main() {
         failed_status: 0,
         failed_challenge: 0,
         retrans: 0,
+        stale: 0,
         stray: 0,
         codes: Vec::new(),
         lat_us: Vec::with_capacity((a.count as usize).min(MAX_LAT_SAMPLES)),
@@ -655,6 +666,16 @@ fn main() {
     let mut send_errors = 0u64;
     let mut last_start_ns = 0u64;
     let mut stopped_by_duration = false;
+    let mut dumped = 0u32;
+    let mut ready = vec![true; nsock];
+    let mut pfds: Vec<libc::pollfd> = vec![
+        libc::pollfd {
+            fd: -1,
+            events: 0,
+            revents: 0
+        };
+        nsock
+    ];
 
     loop {
         let now = ns(Instant::now());
@@ -802,7 +823,10 @@ fn main() {
         }
 
         // 4. Receive with recvmmsg, process responses.
-        for &fd in &fds {
+        for (q, &fd) in fds.iter().enumerate() {
+            if !ready[q] {
+                continue;
+            }
             for _round in 0..4 {
                 let mut iov: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
                 let mut hdr: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
@@ -851,8 +875,17 @@ fn main() {
                             free.push(slot as u32);
                         }
                     };
+                    // A 401 to an authenticated request with stale=true: the nonce was fine but is
+                    // no longer usable (RFC 2617 §3.2.1: retry with the new nonce, same user).
+                    let stale_retry = slots[slot].phase >= 2
+                        && r.code == 401
+                        && r.chosen.as_ref().is_some_and(|c| c.stale)
+                        && slots[slot].phase <= MAX_STALE_RETRIES;
+                    if stale_retry {
+                        st.stale += 1;
+                    }
                     match (slots[slot].phase, r.code) {
-                        (1, 401) => {
+                        (_, 401) if slots[slot].phase == 1 || stale_retry => {
                             let Some(ch) = r.chosen.as_ref() else {
                                 st.failed_challenge += 1;
                                 st.code(401);
@@ -861,7 +894,7 @@ fn main() {
                                 continue;
                             };
                             let buf = &mut msgs[slot * MSG_MAX..(slot + 1) * MSG_MAX];
-                            slots[slot].phase = 2;
+                            slots[slot].phase += 1;
                             match ctx.build(buf, slot, &slots[slot], nsock, Some(ch)) {
                                 Some(len) => {
                                     let s = &mut slots[slot];
@@ -879,7 +912,7 @@ fn main() {
                                 }
                             }
                         }
-                        (2, c) if (200..300).contains(&c) => {
+                        (p, c) if p >= 2 && (200..300).contains(&c) => {
                             st.ok += 1;
                             if st.lat_us.len() < st.lat_us.capacity() {
                                 let us = (rnow.saturating_sub(slots[slot].start_ns) / 1000)
@@ -890,6 +923,14 @@ fn main() {
                             in_flight -= 1;
                         }
                         (_, c) => {
+                            if dumped < a.dump {
+                                dumped += 1;
+                                eprintln!(
+                                    "unexpected {c} in phase {}:\n{}",
+                                    slots[slot].phase,
+                                    String::from_utf8_lossy(&rbufs[k][..len])
+                                );
+                            }
                             st.failed_status += 1;
                             st.code(c);
                             finish(&mut slots, &mut free);
@@ -903,18 +944,37 @@ fn main() {
             }
         }
 
-        // 5. Idle: wait for input or for the next start time (1 ms granularity).
-        if !busy {
-            let mut pfds: Vec<libc::pollfd> = fds
-                .iter()
-                .map(|&fd| libc::pollfd {
+        // 5. Idle: sleep until input arrives or 1 ms passes, then read only the sockets that have
+        // input. While busy, read every socket.
+        if busy {
+            ready.iter_mut().for_each(|r| *r = true);
+        } else {
+            // 1 ms granularity on purpose: waking for every paced start costs more CPU (and
+            // disturbs the server more) than starting them in small bursts.
+            let wait_ns: u64 = 1_000_000;
+            for (p, &fd) in pfds.iter_mut().zip(&fds) {
+                *p = libc::pollfd {
                     fd,
                     events: libc::POLLIN,
                     revents: 0,
-                })
-                .collect();
-            // SAFETY: pfds is a valid array of nsock entries.
-            unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 1) };
+                };
+            }
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: wait_ns as libc::c_long,
+            };
+            // SAFETY: pfds is a valid array of nsock entries; ts outlives the call.
+            let n = unsafe {
+                libc::ppoll(
+                    pfds.as_mut_ptr(),
+                    pfds.len() as libc::nfds_t,
+                    &ts,
+                    std::ptr::null(),
+                )
+            };
+            for (r, p) in ready.iter_mut().zip(&pfds) {
+                *r = n > 0 && p.revents != 0;
+            }
         }
     }
     let _ = last_start_ns;
@@ -944,7 +1004,7 @@ fn main() {
         "{{\"label\":\"{label}\",\"target\":\"{target}\",\"sockets\":{nsock},\"window\":{w},\
 \"offered_rate\":{rate},\"count\":{count},\"started\":{started},\"started_per_s\":{sps:.1},\
 \"ok\":{ok},\"failed\":{failed},\"failed_timeout\":{ft},\"failed_status\":{fs},\"failed_challenge\":{fc},\
-\"abandoned\":{abandoned},\"fail_pct\":{fail_pct:.3},\"codes\":{codes},\"retrans\":{retrans},\"stray\":{stray},\
+\"abandoned\":{abandoned},\"fail_pct\":{fail_pct:.3},\"codes\":{codes},\"retrans\":{retrans},\"stale\":{stale},\"stray\":{stray},\
 \"send_errors\":{send_errors},\"stopped_by_duration\":{sbd},\"wall_s\":{wall:.3},\"ok_per_s\":{okps:.1},\
 \"p50_us\":{p50},\"p90_us\":{p90},\"p99_us\":{p99},\"p999_us\":{p999},\"max_us\":{max},\
 \"cpu_user_s\":{cu:.3},\"cpu_sys_s\":{cs:.3},\"cpu_pct\":{cpct:.1},\"cpu_us_per_ok\":{cpo}}}",
@@ -959,6 +1019,7 @@ fn main() {
         fs = st.failed_status,
         fc = st.failed_challenge,
         retrans = st.retrans,
+        stale = st.stale,
         stray = st.stray,
         sbd = stopped_by_duration,
         okps = st.ok as f64 / wall,
@@ -991,7 +1052,7 @@ Content-Length: 0\r\n\r\n";
         let c = r.chosen.unwrap();
         assert_eq!(c.nonce, b"abc,def");
         assert_eq!(c.alg, Some(Algorithm::Md5));
-        assert!(c.qop_auth);
+        assert!(c.qop_auth && !c.stale);
         let r = parse_response(msg, Prefer::Sha256).unwrap();
         let c = r.chosen.unwrap();
         assert_eq!(
@@ -1005,6 +1066,8 @@ Content-Length: 0\r\n\r\n";
     fn unsupported_algorithm_is_skipped() {
         assert!(parse_challenge(b"Digest realm=\"r\", nonce=\"n\", algorithm=MD5-sess").is_none());
         assert!(parse_challenge(b"Basic realm=\"r\"").is_none());
+        let st = parse_challenge(b"Digest realm=\"r\", nonce=\"n\", stale=TRUE").unwrap();
+        assert!(st.stale);
         let c = parse_challenge(b"digest nonce=n,realm=r").unwrap();
         assert_eq!(
             (c.realm, c.nonce, c.qop_auth),
@@ -1040,6 +1103,7 @@ Content-Length: 0\r\n\r\n";
             opaque: Some(b"oo"),
             qop_auth: true,
             alg: Some(Algorithm::Md5),
+            stale: false,
         };
         let mut buf = [0u8; MSG_MAX];
         let n = ctx.build(&mut buf, 0, &slot, 1, Some(&ch)).unwrap();
