@@ -9,23 +9,7 @@ use crate::sip::scan::Method;
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 
-pub const METHODS: [Method; 15] = [
-    Method::Register,
-    Method::Invite,
-    Method::Ack,
-    Method::Bye,
-    Method::Cancel,
-    Method::Options,
-    Method::Prack,
-    Method::Update,
-    Method::Info,
-    Method::Subscribe,
-    Method::Notify,
-    Method::Refer,
-    Method::Message,
-    Method::Publish,
-    Method::Other,
-];
+pub const METHODS: [Method; 15] = Method::ALL;
 
 fn method_index(m: Method) -> usize {
     METHODS

@@ -73,6 +73,8 @@ pub struct Worker {
     last_timer_ms: u64,
     last_persist_ms: u64,
     shutting_down: bool,
+    /// The last receive batch was full: more is queued than this worker drains per batch.
+    backlogged: bool,
 }
 
 pub fn unix_now() -> Duration {
@@ -130,6 +132,7 @@ impl Worker {
             last_timer_ms: now_ms,
             last_persist_ms: now_ms,
             shutting_down: false,
+            backlogged: false,
         })
     }
 
@@ -253,7 +256,10 @@ impl Worker {
         let fd = self.socket.as_raw_fd();
         for _ in 0..MAX_RECV_BATCHES_PER_TURN {
             match rx.recv(fd) {
-                Ok(0) => return false,
+                Ok(0) => {
+                    self.backlogged = false;
+                    return false;
+                }
                 Ok(n) => {
                     let fallback_ns = unix_now().as_nanos() as u64;
                     for i in 0..n {
@@ -275,11 +281,17 @@ impl Worker {
                             self.flush();
                         }
                     }
+                    self.backlogged = n == super::udp::BATCH;
+                    // Hand-offs wait for no more than one receive batch of our own.
+                    self.drain_handoffs();
                     if n < super::udp::BATCH {
                         return false;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.backlogged = false;
+                    return false;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::warn!(worker = self.id, "recvmmsg failed: {e}");
@@ -338,8 +350,13 @@ impl Worker {
         match method {
             Method::Register => {
                 // Only authenticated REGISTERs touch shard state; a challenge needs nothing but
-                // the stateless nonce key, so the receiving worker answers it itself.
-                if !handed_over && msg.header(HeaderName::Authorization).is_some() {
+                // the stateless nonce key, so an unhurried receiving worker answers it itself
+                // (no hand-off, no wake-up). A backlogged one (its last receive batch was full:
+                // one big source, or a flood) spreads challenges over their shards too, so a
+                // single source still gets every core.
+                let needs_owner =
+                    msg.header(HeaderName::Authorization).is_some() || self.backlogged;
+                if !handed_over && needs_owner {
                     let owner = self.register_owner(&req);
                     if owner != self.id {
                         self.hand_over(owner, data, src, arrived_ns);
@@ -350,6 +367,13 @@ impl Worker {
             }
             Method::Ack => {}
             Method::Options => self.answer_plain(&msg, &req, uri, src, arrived_ns, 200),
+            //= https://www.rfc-editor.org/rfc/rfc3261#section-15.1.2
+            //# If the BYE does not match an existing dialog, the UAS core SHOULD generate a 481
+            //# (Call/Transaction Does Not Exist) response
+            // (and likewise a CANCEL matching no transaction, §9.2): there are no calls yet.
+            Method::Bye | Method::Cancel => {
+                self.answer_plain(&msg, &req, uri, src, arrived_ns, 481)
+            }
             _ => self.answer_plain(&msg, &req, uri, src, arrived_ns, 501),
         }
     }
@@ -386,20 +410,7 @@ impl Worker {
         let answer = match self.txns.lookup(key) {
             Some(Recipe::Register(a)) => a,
             Some(Recipe::Plain(code)) => {
-                write_plain(
-                    &mut self.out,
-                    code,
-                    crate::sip::write::reason(code),
-                    msg,
-                    src,
-                    &tag,
-                );
-                self.send(
-                    response_destination(src, &req.via),
-                    Method::Register,
-                    arrived_ns,
-                    code,
-                );
+                self.reply_plain(code, msg, req, src, &tag, arrived_ns);
                 return;
             }
             None => {
@@ -465,13 +476,26 @@ impl Worker {
         if self.txns.lookup(key).is_none() {
             self.txns.complete(key, Recipe::Plain(code), self.now_ms);
         }
+        self.reply_plain(code, msg, req, src, &tag, arrived_ns);
+    }
+
+    /// A response with no headers of its own beyond the copied ones.
+    fn reply_plain(
+        &mut self,
+        code: u16,
+        msg: &Message<'_>,
+        req: &RequestHeaders<'_>,
+        src: SocketAddr,
+        tag: &[u8],
+        arrived_ns: u64,
+    ) {
         write_plain(
             &mut self.out,
             code,
             crate::sip::write::reason(code),
             msg,
             src,
-            &tag,
+            tag,
         );
         self.send(
             response_destination(src, &req.via),

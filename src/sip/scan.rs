@@ -43,6 +43,25 @@ pub enum Method {
 }
 
 impl Method {
+    /// Every variant, `Other` last (metrics iterate this).
+    pub const ALL: [Method; 15] = [
+        Method::Register,
+        Method::Invite,
+        Method::Ack,
+        Method::Bye,
+        Method::Cancel,
+        Method::Options,
+        Method::Prack,
+        Method::Update,
+        Method::Info,
+        Method::Subscribe,
+        Method::Notify,
+        Method::Refer,
+        Method::Message,
+        Method::Publish,
+        Method::Other,
+    ];
+
     /// Case-sensitive per RFC 3261 §7.1 (methods are case-sensitive tokens).
     pub fn parse(token: &[u8]) -> Method {
         match token {
@@ -579,22 +598,7 @@ Content-Length: 0\r\n\
 
     #[test]
     fn method_parse_is_case_sensitive_and_round_trips() {
-        for m in [
-            Method::Register,
-            Method::Invite,
-            Method::Ack,
-            Method::Bye,
-            Method::Cancel,
-            Method::Options,
-            Method::Prack,
-            Method::Update,
-            Method::Info,
-            Method::Subscribe,
-            Method::Notify,
-            Method::Refer,
-            Method::Message,
-            Method::Publish,
-        ] {
+        for m in Method::ALL.into_iter().filter(|m| *m != Method::Other) {
             assert_eq!(Method::parse(m.as_str().as_bytes()), m);
         }
         assert_eq!(Method::parse(b"invite"), Method::Other);
