@@ -85,6 +85,7 @@ fn answering_registers_does_not_allocate_once_warm() {
             sha256: Some(pair(Algorithm::Sha256)),
             max_calls: None,
             max_cps: None,
+            policy: Default::default(),
         },
     );
     let t0 = 1_800_000_000_000u64;

@@ -47,6 +47,7 @@ fn snapshot() -> Snapshot {
                 sha256: sha.then(|| pair(Algorithm::Sha256, user, "secret-pw")),
                 max_calls: None,
                 max_cps: None,
+                policy: Default::default(),
             },
         );
     }

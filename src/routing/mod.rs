@@ -6,5 +6,6 @@
 //! the per-call path — callers pass `now` and randomness in.
 
 pub mod cidr;
+pub mod classify;
 pub mod gateways;
 pub mod numbers;

@@ -765,7 +765,8 @@ impl Store {
             );
         }
         let mut stmt = self.conn.prepare(
-            "SELECT id, username, realm, tenant, ha1_md5, ha1b_md5, ha1_sha256, ha1b_sha256, max_calls, max_cps
+            "SELECT id, username, realm, tenant, ha1_md5, ha1b_md5, ha1_sha256, ha1b_sha256, max_calls, max_cps,
+                    codecs, allowed_cli
              FROM credentials",
         )?;
         let mut rows = stmt.query([])?;
@@ -795,6 +796,72 @@ impl Store {
                     sha256,
                     max_calls: row.get(8)?,
                     max_cps: row.get(9)?,
+                    policy: account_policy(
+                        &what,
+                        &json_list(&row.get::<_, String>(10)?),
+                        &json_list(&row.get::<_, String>(11)?),
+                    )?,
+                },
+            );
+        }
+        drop(rows);
+        drop(stmt);
+        let mut trunk_index = crate::fasthash::FastMap::<String, u32>::default();
+        for t in self.list_trunks()? {
+            let i = snap.trunks.len() as u32;
+            let what = format!("trunk {}", t.name);
+            for cidr in &t.cidrs {
+                let (net, len) =
+                    crate::routing::cidr::parse_cidr(cidr).map_err(|p| StoreError::Invalid {
+                        field: format!("{what}: cidrs"),
+                        problem: p,
+                    })?;
+                snap.trunk_sources.insert(net, len, i);
+            }
+            snap.trunks.push(snapshot::TrunkPolicy {
+                name: t.name.as_str().into(),
+                tenant: t.tenant.map(Into::into),
+                destination: t.destination.into(),
+                max_calls: t.max_calls,
+                max_cps: t.max_cps,
+                policy: account_policy(&what, &t.codecs, &t.allowed_cli)?,
+            });
+            trunk_index.insert(t.name, i);
+        }
+        for n in self.list_numbers()? {
+            let Some(number) = crate::routing::numbers::E164::parse(&n.number) else {
+                return Err(StoreError::Invalid {
+                    field: format!("number {}", n.number),
+                    problem: "not E.164".into(),
+                });
+            };
+            let target = match n.route {
+                numbers::Route::Credential { username, realm } => {
+                    let mut key = smallvec::SmallVec::<[u8; 128]>::new();
+                    snapshot::credential_key(username.as_bytes(), realm.as_bytes(), &mut key);
+                    snapshot::RouteTarget::Credential(Box::from(&key[..]))
+                }
+                numbers::Route::Trunk(name) => match trunk_index.get(&name) {
+                    Some(&i) => snapshot::RouteTarget::Trunk(i),
+                    None => {
+                        return Err(StoreError::Invalid {
+                            field: format!("number {}: route.trunk", n.number),
+                            problem: format!("no trunk {name}"),
+                        })
+                    }
+                },
+                numbers::Route::Uri(template) => snapshot::RouteTarget::Uri(template.into()),
+            };
+            snap.numbers.insert(
+                number,
+                snapshot::NumberRoute {
+                    tenant: n.tenant.map(Into::into),
+                    target,
+                    headers: n
+                        .headers
+                        .into_iter()
+                        .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                        .collect(),
                 },
             );
         }
@@ -985,3 +1052,28 @@ fn read_credential(
 
 #[cfg(test)]
 mod tests;
+
+/// A JSON array of strings as stored in `codecs` / `allowed_cli` (validated on the way in).
+fn json_list(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn account_policy(
+    what: &str,
+    codecs: &[String],
+    allowed_cli: &[String],
+) -> Result<snapshot::AccountPolicy, StoreError> {
+    let allowed_cli = allowed_cli
+        .iter()
+        .map(|c| {
+            crate::routing::numbers::E164::parse(c).ok_or_else(|| StoreError::Invalid {
+                field: format!("{what}: allowed_cli"),
+                problem: format!("{c} is not E.164"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(snapshot::AccountPolicy {
+        codecs: codecs.iter().map(|c| c.as_str().into()).collect(),
+        allowed_cli: allowed_cli.into_boxed_slice(),
+    })
+}

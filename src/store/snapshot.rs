@@ -1,11 +1,55 @@
 //! The immutable provisioning snapshot workers read on the hot path.
 //!
-//! Owns: the in-memory, read-only view of realms and credentials built from the store. The admin
-//! thread builds a new one after every committed write and publishes it (`ArcSwap`); workers only
-//! ever read. Lookups take borrowed byte slices and never allocate.
+//! Owns: the in-memory, read-only view of provisioning built from the store: realms and
+//! credentials for the registrar, trunks (with a longest-prefix table of their CIDRs) and numbers
+//! for calls. The admin thread builds a new one after every committed write and publishes it
+//! (`ArcSwap`); workers only ever read. Lookups take borrowed data and never allocate.
 
 use crate::fasthash::{FastMap, FastSet};
+use crate::routing::cidr::CidrTable;
+use crate::routing::numbers::E164;
 use crate::sip::digest::{Algorithm, Hex};
+use std::net::IpAddr;
+
+/// What a credential or trunk may do on calls beyond its limits (SPEC §3.4, §3.8).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AccountPolicy {
+    /// Canonical codec names; empty: no restriction.
+    pub codecs: Box<[Box<str>]>,
+    /// Caller ids it may present besides its tenant's numbers; empty: only those.
+    pub allowed_cli: Box<[E164]>,
+}
+
+/// A provisioned IP trunk (seed 004).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrunkPolicy {
+    pub name: Box<str>,
+    pub tenant: Option<Box<str>>,
+    /// SIP URI that origination calls for its numbers go to.
+    pub destination: Box<str>,
+    pub max_calls: Option<u32>,
+    pub max_cps: Option<f64>,
+    pub policy: AccountPolicy,
+}
+
+/// Where an origination call for a number goes (SPEC §3.5).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RouteTarget {
+    /// The live binding of this credential: its [`credential_key`].
+    Credential(Box<[u8]>),
+    /// Index into [`Snapshot::trunks`].
+    Trunk(u32),
+    /// SIP URI template with `{number}`.
+    Uri(Box<str>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NumberRoute {
+    pub tenant: Option<Box<str>>,
+    pub target: RouteTarget,
+    /// Final `X-` names and values, added to the INVITE.
+    pub headers: Box<[(Box<str>, Box<str>)]>,
+}
 
 /// The digest secrets of one credential: HA1 and HA1b for each algorithm it has hashes for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +68,7 @@ pub struct CredentialAuth {
     pub sha256: Option<HashPair>,
     pub max_calls: Option<u32>,
     pub max_cps: Option<f64>,
+    pub policy: AccountPolicy,
 }
 
 impl CredentialAuth {
@@ -53,6 +98,10 @@ pub struct Snapshot {
     pub realms: FastSet<Box<[u8]>>,
     /// Keyed by [`credential_key`].
     pub credentials: FastMap<Box<[u8]>, CredentialAuth>,
+    pub trunks: Vec<TrunkPolicy>,
+    /// Trunk index by source address, longest prefix first (SPEC §3.3 step 2).
+    pub trunk_sources: CidrTable<u32>,
+    pub numbers: FastMap<E164, NumberRoute>,
 }
 
 impl Snapshot {
@@ -64,7 +113,7 @@ impl Snapshot {
             generation: 0,
             default_realm,
             realms,
-            credentials: FastMap::default(),
+            ..Snapshot::default()
         }
     }
 
@@ -81,6 +130,25 @@ impl Snapshot {
             Some(r) => r,
             None => self.default_realm.as_bytes(),
         }
+    }
+
+    /// The trunk whose CIDRs hold `ip` (the most specific one).
+    pub fn trunk_for_source(&self, ip: IpAddr) -> Option<(u32, &TrunkPolicy)> {
+        let &i = self.trunk_sources.lookup(ip)?;
+        self.trunks.get(i as usize).map(|t| (i, t))
+    }
+
+    /// SPEC §3.4: a caller id must be a number of the caller's tenant or in the credential's or
+    /// trunk's `allowed_cli`.
+    pub fn caller_id_allowed(
+        &self,
+        tenant: Option<&str>,
+        policy: &AccountPolicy,
+        cli: &E164,
+    ) -> bool {
+        policy.allowed_cli.contains(cli)
+            || tenant
+                .is_some_and(|t| self.numbers.get(cli).and_then(|n| n.tenant.as_deref()) == Some(t))
     }
 
     pub fn credential(&self, username: &[u8], realm: &[u8]) -> Option<&CredentialAuth> {

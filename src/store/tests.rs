@@ -1100,3 +1100,119 @@ fn schema_v2_database_upgrades_in_place() {
         .unwrap();
     assert_eq!(store.provisioning_version().unwrap(), before + 2);
 }
+
+#[test]
+fn snapshot_carries_the_call_view_trunks_numbers_and_caller_ids() {
+    use crate::routing::numbers::E164;
+    use snapshot::RouteTarget;
+    let (_dir, store) = open();
+    store.create_tenant("acme").unwrap();
+    store
+        .create_credential(NewCredential {
+            tenant: Some("acme".into()),
+            codecs: Some(vec!["PCMU".into(), "opus".into()]),
+            allowed_cli: Some(vec!["+14155550100".into()]),
+            ..alice()
+        })
+        .unwrap();
+    let trunk = |name: &str, cidrs: &[&str]| NewTrunk {
+        name: name.into(),
+        tenant: Some("acme".into()),
+        cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
+        destination: "sip:pbx.acme.example:5060".into(),
+        max_calls: Some(10),
+        max_cps: None,
+        codecs: None,
+        allowed_cli: None,
+    };
+    store
+        .create_trunk(trunk("wide", &["198.51.100.0/24"]))
+        .unwrap();
+    store
+        .create_trunk(trunk("narrow", &["198.51.100.128/25", "2001:db8::/32"]))
+        .unwrap();
+    let number = |n: &str, route: NewRoute| NewNumber {
+        number: n.into(),
+        tenant: Some("acme".into()),
+        route,
+        headers: None,
+    };
+    store
+        .create_number(number(
+            "+15551230001",
+            NewRoute::Credential {
+                username: "alice".into(),
+                realm: None,
+            },
+        ))
+        .unwrap();
+    store
+        .create_number(number("+15551230002", NewRoute::Trunk("narrow".into())))
+        .unwrap();
+    store
+        .create_number(NewNumber {
+            headers: Some(vec![("Account".into(), "42".into())]),
+            ..number(
+                "+15551230003",
+                NewRoute::Uri("sip:{number}@pbx.example.com".into()),
+            )
+        })
+        .unwrap();
+
+    let snap = store.snapshot().unwrap();
+    // longest prefix wins; v6 too; outside every CIDR: no trunk
+    assert_eq!(
+        snap.trunk_for_source("198.51.100.7".parse().unwrap())
+            .map(|(_, t)| &*t.name),
+        Some("wide")
+    );
+    assert_eq!(
+        snap.trunk_for_source("198.51.100.200".parse().unwrap())
+            .map(|(_, t)| &*t.name),
+        Some("narrow")
+    );
+    assert_eq!(
+        snap.trunk_for_source("2001:db8::5".parse().unwrap())
+            .map(|(_, t)| &*t.name),
+        Some("narrow")
+    );
+    assert!(snap
+        .trunk_for_source("203.0.113.1".parse().unwrap())
+        .is_none());
+
+    let n1 = E164::parse("+15551230001").unwrap();
+    let mut key = smallvec::SmallVec::<[u8; 128]>::new();
+    snapshot::credential_key(b"alice", b"sipedge.local", &mut key);
+    assert_eq!(
+        snap.numbers[&n1].target,
+        RouteTarget::Credential(Box::from(&key[..]))
+    );
+    let (narrow, _) = snap
+        .trunk_for_source("198.51.100.200".parse().unwrap())
+        .unwrap();
+    assert_eq!(
+        snap.numbers[&E164::parse("+15551230002").unwrap()].target,
+        RouteTarget::Trunk(narrow)
+    );
+    let n3 = &snap.numbers[&E164::parse("+15551230003").unwrap()];
+    assert_eq!(
+        n3.target,
+        RouteTarget::Uri("sip:{number}@pbx.example.com".into())
+    );
+    assert_eq!(&*n3.headers[0].0, "X-Account");
+
+    let cred = snap.credential(b"alice", b"sipedge.local").unwrap();
+    assert_eq!(
+        &*cred.policy.codecs,
+        &["PCMU".into(), "opus".into()] as &[Box<str>]
+    );
+    // caller ids: the tenant's numbers, plus allowed_cli; nothing else
+    assert!(snap.caller_id_allowed(Some("acme"), &cred.policy, &n1));
+    assert!(snap.caller_id_allowed(None, &cred.policy, &E164::parse("+14155550100").unwrap()));
+    assert!(!snap.caller_id_allowed(
+        Some("acme"),
+        &cred.policy,
+        &E164::parse("+14155550199").unwrap()
+    ));
+    assert!(!snap.caller_id_allowed(Some("other"), &cred.policy, &n1));
+}
