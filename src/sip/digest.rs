@@ -298,8 +298,11 @@ impl NonceKey {
         NonceKey::from_secret(rand::random::<[u8; 32]>())
     }
     pub fn from_secret(secret: [u8; 32]) -> NonceKey {
-        // HMAC accepts keys of any length, so this cannot fail.
-        let mac = <HmacSha256 as Mac>::new_from_slice(&secret).expect("HMAC takes any key length");
+        // RFC 2104 zero-pads a key shorter than the block to the block size, so keying with the
+        // padded 64-byte block is the same MAC, through the infallible fixed-size constructor.
+        let mut block = [0u8; 64];
+        block[..32].copy_from_slice(&secret);
+        let mac = <HmacSha256 as hmac::digest::KeyInit>::new(&block.into());
         NonceKey { secret, mac }
     }
 
@@ -375,6 +378,19 @@ pub fn nonce_order(nonce: &[u8]) -> Option<(u64, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padded_key_is_the_same_hmac_as_the_short_key() {
+        let secret = [0x5au8; 32];
+        let mut short = <HmacSha256 as Mac>::new_from_slice(&secret).unwrap();
+        let mut padded = NonceKey::from_secret(secret).mac.clone();
+        short.update(b"issued+salt!");
+        padded.update(b"issued+salt!");
+        assert_eq!(
+            short.finalize().into_bytes(),
+            padded.finalize().into_bytes()
+        );
+    }
 
     #[test]
     fn nonce_order_reads_issued_and_salt() {
