@@ -16,6 +16,7 @@ W=$(mktemp -d /tmp/sipedge-cg.XXXXXX)
 PID=
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT
+[ -n "${KEEP:-}" ] && trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; cp "$(ls -t "$W"/cg.out.* | head -1)" "$KEEP"' EXIT
 cd "$W"
 sed -e 's/127.0.0.1:5070/127.0.0.1:5370/; s/127.0.0.1:8090/127.0.0.1:8390/' -e 's/^workers = 2 /workers = 1 /' \
   "$ROOT/perf/register.toml" > r.toml
