@@ -23,20 +23,35 @@ pub fn owner_of(ip: IpAddr, workers: usize) -> usize {
     ((h >> 32) % workers.max(1) as u64) as usize
 }
 
-/// `scanner_user_agents` are lower-cased substrings; the match is case-insensitive and does not
-/// allocate.
-pub fn is_scanner(user_agent: &[u8], patterns: &[String]) -> bool {
-    // Lower-case once into a stack buffer (User-Agents are short; a longer one is checked on its
-    // first 256 bytes, where scanners put their name), then a substring search per pattern.
-    let mut buf = [0u8; 256];
-    let n = user_agent.len().min(buf.len());
-    for (d, s) in buf.iter_mut().zip(&user_agent[..n]) {
-        *d = s.to_ascii_lowercase();
+/// Matches User-Agents against `scanner_user_agents` (lower-cased substrings), case-insensitively
+/// and without allocating; the substring searchers are built once, from the config.
+pub struct ScannerMatcher {
+    finders: Vec<memchr::memmem::Finder<'static>>,
+}
+
+impl ScannerMatcher {
+    pub fn new(patterns: &[String]) -> ScannerMatcher {
+        let finders = patterns
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| memchr::memmem::Finder::new(p.to_ascii_lowercase().as_bytes()).into_owned())
+            .collect();
+        ScannerMatcher { finders }
     }
-    let ua = &buf[..n];
-    patterns
-        .iter()
-        .any(|p| !p.is_empty() && memchr::memmem::find(ua, p.as_bytes()).is_some())
+
+    pub fn matches(&self, user_agent: &[u8]) -> bool {
+        if self.finders.is_empty() {
+            return false;
+        }
+        // Lower-case once into a stack buffer (User-Agents are short; a longer one is checked on
+        // its first 256 bytes, where scanners put their name).
+        let mut buf = [0u8; 256];
+        let n = user_agent.len().min(buf.len());
+        for (d, s) in buf.iter_mut().zip(&user_agent[..n]) {
+            *d = s.to_ascii_lowercase();
+        }
+        self.finders.iter().any(|f| f.find(&buf[..n]).is_some())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +148,7 @@ const MAX_TRACKED_SOURCES: usize = 1 << 20;
 
 pub struct SourceGuard {
     cfg: SecurityConfig,
+    scanners: ScannerMatcher,
     bans: FastMap<IpAddr, Ban>,
     buckets: FastMap<IpAddr, Bucket>,
     counters: FastMap<IpAddr, Counters>,
@@ -142,12 +158,18 @@ pub struct SourceGuard {
 impl SourceGuard {
     pub fn new(cfg: SecurityConfig) -> SourceGuard {
         SourceGuard {
+            scanners: ScannerMatcher::new(&cfg.scanner_user_agents),
             cfg,
             bans: FastMap::default(),
             buckets: FastMap::default(),
             counters: FastMap::default(),
             last_sweep_ms: 0,
         }
+    }
+
+    /// The User-Agent names a scanner (dropped silently, SPEC §3.2).
+    pub fn is_scanner(&self, user_agent: &[u8]) -> bool {
+        self.scanners.matches(user_agent)
     }
 
     pub fn config(&self) -> &SecurityConfig {
@@ -345,10 +367,12 @@ mod tests {
     #[test]
     fn scanner_user_agents_match_case_insensitively() {
         let c = cfg();
-        assert!(is_scanner(b"Friendly-Scanner 1.0", &c.scanner_user_agents));
-        assert!(is_scanner(b"x SIPVicious y", &c.scanner_user_agents));
-        assert!(!is_scanner(b"Asterisk PBX 20", &c.scanner_user_agents));
-        assert!(!is_scanner(b"", &c.scanner_user_agents));
+        let m = ScannerMatcher::new(&c.scanner_user_agents);
+        assert!(m.matches(b"Friendly-Scanner 1.0"));
+        assert!(m.matches(b"x SIPVicious y"));
+        assert!(!m.matches(b"Asterisk PBX 20"));
+        assert!(!m.matches(b""));
+        assert!(!ScannerMatcher::new(&[]).matches(b"sipvicious"));
     }
 
     #[test]

@@ -341,7 +341,7 @@ impl Worker {
         if !handed_over {
             self.stats.request(method);
             if let Some(ua) = msg.header(HeaderName::UserAgent) {
-                if security::is_scanner(ua, &self.guard.config().scanner_user_agents) {
+                if self.guard.is_scanner(ua) {
                     self.stats.dropped(DropReason::Scanner);
                     return;
                 }
