@@ -58,10 +58,23 @@ fn a_binding_costs_less_than_one_kib() {
         let user = format!("pbx{i:06}");
         let mut key = smallvec::SmallVec::<[u8; 128]>::new();
         credential_key(user.as_bytes(), REALM.as_bytes(), &mut key);
-        let h = HashPair { ha1: digest::ha1(Algorithm::Md5, user.as_bytes(), REALM.as_bytes(), b"pw"), ha1b: ha1 };
+        let h = HashPair {
+            ha1: digest::ha1(Algorithm::Md5, user.as_bytes(), REALM.as_bytes(), b"pw"),
+            ha1b: ha1,
+        };
         snap.credentials.insert(
             key.as_slice().into(),
-            CredentialAuth { id: i as i64, username: user.as_str().into(), realm: REALM.into(), tenant: None, md5: Some(h), sha256: None, max_calls: None, max_cps: None, policy: Default::default() },
+            CredentialAuth {
+                id: i as i64,
+                username: user.as_str().into(),
+                realm: REALM.into(),
+                tenant: None,
+                md5: Some(h),
+                sha256: None,
+                max_calls: None,
+                max_cps: None,
+                policy: Default::default(),
+            },
         );
     }
     let t0 = 1_800_000_000_000u64;
@@ -70,7 +83,9 @@ fn a_binding_costs_less_than_one_kib() {
     let before = LIVE.load(Ordering::SeqCst);
     for i in 0..N {
         let user = format!("pbx{i:06}");
-        let src: SocketAddr = format!("10.{}.{}.{}:5060", i >> 16, (i >> 8) & 255, i & 255).parse().unwrap();
+        let src: SocketAddr = format!("10.{}.{}.{}:5060", i >> 16, (i >> 8) & 255, i & 255)
+            .parse()
+            .unwrap();
         let register = |buf: &mut Vec<u8>, auth: Option<String>| {
             use std::io::Write;
             buf.clear();
@@ -84,24 +99,45 @@ fn a_binding_costs_less_than_one_kib() {
         let nonce = {
             let msg = scan(&buf).unwrap();
             let req = request_headers(&msg).unwrap();
-            match reg.handle_register(t0, src, Transport::Udp, &msg, &req, &snap).0 {
+            match reg
+                .handle_register(t0, src, Transport::Udp, &msg, &req, &snap)
+                .0
+            {
                 Answer::Challenge { nonce, .. } => nonce,
                 other => panic!("{other:?}"),
             }
         };
         let user_ha1 = digest::ha1(Algorithm::Md5, user.as_bytes(), REALM.as_bytes(), b"pw");
-        let resp = digest::response(Algorithm::Md5, user_ha1.as_bytes(), b"REGISTER", b"sip:sbc.test", nonce.as_bytes(), Some(Qop { qop: b"auth", nc: b"00000001", cnonce: b"c" }));
+        let resp = digest::response(
+            Algorithm::Md5,
+            user_ha1.as_bytes(),
+            b"REGISTER",
+            b"sip:sbc.test",
+            nonce.as_bytes(),
+            Some(Qop {
+                qop: b"auth",
+                nc: b"00000001",
+                cnonce: b"c",
+            }),
+        );
         register(
             &mut buf,
             Some(format!("Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{}\", uri=\"sip:sbc.test\", response=\"{}\", qop=auth, nc=00000001, cnonce=\"c\"", nonce.as_str(), resp.as_str())),
         );
         let msg = scan(&buf).unwrap();
         let req = request_headers(&msg).unwrap();
-        assert_eq!(reg.handle_register(t0, src, Transport::Udp, &msg, &req, &snap).0, Answer::Registered { expires: 300 });
+        assert_eq!(
+            reg.handle_register(t0, src, Transport::Udp, &msg, &req, &snap)
+                .0,
+            Answer::Registered { expires: 300 }
+        );
     }
     reg.drain_dirty(|_| {});
     let per_binding = (LIVE.load(Ordering::SeqCst) - before) as f64 / N as f64;
     assert_eq!(reg.active_bindings(), N);
-    println!("per binding: {per_binding:.0} bytes of heap (state of {} bytes inline per credential)", std::mem::size_of::<sipedge::registrar::CredState>());
+    println!(
+        "per binding: {per_binding:.0} bytes of heap (state of {} bytes inline per credential)",
+        std::mem::size_of::<sipedge::registrar::CredState>()
+    );
     assert!(per_binding <= 1024.0, "{per_binding:.0} bytes per binding");
 }
