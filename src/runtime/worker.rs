@@ -42,6 +42,8 @@ enum Recipe {
 const MAX_RECV_BATCHES_PER_TURN: usize = 16;
 const MAX_HANDOFFS_PER_TURN: usize = 1024;
 const TIMER_PERIOD_MS: u64 = 100;
+/// Completed transactions forgotten per loop turn at most (Timer J).
+const MAX_TXN_EXPIRY_PER_TURN: usize = 256;
 const PERSIST_PERIOD_MS: u64 = 1000;
 /// Completed transactions kept per worker at most (~48 B each).
 const MAX_TRANSACTIONS: usize = 2_000_000;
@@ -150,6 +152,8 @@ impl Worker {
             let more_handoffs = self.drain_handoffs();
             let more_socket = self.drain_socket(&mut rx);
             self.flush();
+            // Timer J: a bounded slice per turn, so a busy worker never stalls on a backlog.
+            let more_txns = self.txns.expire_some(self.now_ms, MAX_TXN_EXPIRY_PER_TURN);
             self.timers(false);
 
             // Park. The flag tells peers to wake us; re-checking the channels after setting it
@@ -157,6 +161,7 @@ impl Worker {
             me.parked.store(true, Ordering::SeqCst);
             let busy = more_handoffs
                 || more_socket
+                || more_txns
                 || !self.handoff_rx.is_empty()
                 || !self.control_rx.is_empty();
             let timeout = if busy {
@@ -638,7 +643,6 @@ impl Worker {
         }
         self.last_timer_ms = self.now_ms;
         self.registrar.expire(self.now_ms);
-        self.txns.expire(self.now_ms);
         self.guard.sweep(self.now_ms, false);
         if self.now_ms.saturating_sub(self.last_persist_ms) >= PERSIST_PERIOD_MS {
             self.last_persist_ms = self.now_ms;
