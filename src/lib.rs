@@ -8,6 +8,7 @@
 //! - [`store`], [`config`], [`admin`]: the control plane, off the hot path.
 
 pub mod admin;
+pub mod call;
 pub mod cdr;
 pub mod cli;
 pub mod config;
