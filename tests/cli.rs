@@ -436,3 +436,38 @@ fn credentials_use_default_location_and_report_bad_config() {
         "store.paht: unknown key",
     );
 }
+
+/// SPEC §1: a bad config, a port in use or an unwritable data directory end `run` at start with
+/// exit 1 and one `error:` line naming the cause, with nothing printed before it (at the default
+/// log level) and no panic.
+#[test]
+fn run_fails_at_start_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+
+    write("bad.toml", "[sip]\nworkerz = 2\n");
+    let r = sipedge(dir.path(), &["run", "--config", "bad.toml"]);
+    assert_error(&r, "sip.workerz");
+    assert!(r.stdout.is_empty(), "{:?}", r.stdout);
+
+    // A port someone else holds (SO_REUSEPORT must not silently share it).
+    let holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    write(
+        "busy.toml",
+        &format!("[sip]\nlisten = [\"udp:127.0.0.1:{port}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"busy/sipedge.db\"\n"),
+    );
+    let r = sipedge(dir.path(), &["run", "--config", "busy.toml"]);
+    assert_error(&r, &format!("127.0.0.1:{port}"));
+    assert!(r.stdout.is_empty(), "{:?}", r.stdout);
+
+    // The data directory cannot be created (its parent is a regular file).
+    write("not-a-dir", "x");
+    write(
+        "ro.toml",
+        "[sip]\nlisten = [\"udp:127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"not-a-dir/data/sipedge.db\"\n",
+    );
+    let r = sipedge(dir.path(), &["run", "--config", "ro.toml"]);
+    assert_error(&r, "not-a-dir/data/sipedge.db");
+    assert!(r.stdout.is_empty(), "{:?}", r.stdout);
+}
