@@ -294,9 +294,33 @@ impl Store {
     /// default realm's row.
     pub fn open(path: &Path, default_realm: &str) -> Result<Store, StoreError> {
         let default_realm = check("registrar.realm", validate::realm_name(default_realm))?;
+        // The store holds HA1 hashes, which are password-equivalent for digest authentication:
+        // a data directory sipedge creates is the owner's only (0700), and so is a new database
+        // file (0600; SQLite gives its -wal and -shm files the database file's mode).
         if let Some(parent) = path.parent() {
-            if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent)?;
+            if !parent.as_os_str().is_empty() && !parent.exists() {
+                let mut dir = std::fs::DirBuilder::new();
+                dir.recursive(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::DirBuilderExt;
+                    dir.mode(0o700);
+                }
+                dir.create(parent)?;
+            }
+        }
+        if !path.exists() {
+            let mut file = std::fs::OpenOptions::new();
+            file.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                file.mode(0o600);
+            }
+            match file.open(path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e.into()),
             }
         }
         let mut conn = Connection::open(path)?;

@@ -1216,3 +1216,16 @@ fn snapshot_carries_the_call_view_trunks_numbers_and_caller_ids() {
     ));
     assert!(!snap.caller_id_allowed(Some("other"), &cred.policy, &n1));
 }
+
+#[cfg(unix)]
+#[test]
+fn a_new_store_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, store) = open();
+    store.create_credential(alice()).unwrap(); // a write, so the WAL exists too
+    let data = dir.path().join("data");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("sipedge.db")), 0o600);
+    assert_eq!(mode(&data.join("sipedge.db-wal")), 0o600);
+}
