@@ -56,6 +56,8 @@ pub struct WorkerStats {
     pub dropped: [u64; 4],
     pub register_rejected: [u64; 4],
     pub messages: u64,
+    /// Requests this worker passed to the worker owning their state.
+    pub handoffs: u64,
     pub registrations_active: u64,
     pub bans_active: u64,
     /// Per method, nanoseconds from a datagram's arrival to its answer being sent.
@@ -79,6 +81,7 @@ impl WorkerStats {
             dropped: [0; 4],
             register_rejected: [0; 4],
             messages: 0,
+            handoffs: 0,
             registrations_active: 0,
             bans_active: 0,
             processing,
@@ -183,6 +186,14 @@ pub fn render(stats: &[WorkerStats]) -> String {
             out,
             "sipedge_worker_messages_total{{worker=\"{}\"}} {}",
             s.worker, s.messages
+        );
+    }
+    out.push_str("# HELP sipedge_worker_handoffs_total Requests a worker passed to the worker owning their state.\n# TYPE sipedge_worker_handoffs_total counter\n");
+    for s in stats {
+        let _ = writeln!(
+            out,
+            "sipedge_worker_handoffs_total{{worker=\"{}\"}} {}",
+            s.worker, s.handoffs
         );
     }
     out.push_str("# HELP sipedge_processing_seconds From a datagram's arrival to sipedge's response or forwarded request being sent.\n# TYPE sipedge_processing_seconds summary\n");

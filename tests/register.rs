@@ -1276,3 +1276,27 @@ fn metrics_and_health_expose_the_contract_names() {
         );
     }
 }
+
+/// A PBX that keeps its address is served wholly by the worker its datagrams land on: with two
+/// workers and one client socket, forty credentials register without a single cross-worker
+/// hand-off (a fixed hash-of-credential owner would hand about half of them over).
+#[test]
+fn a_steady_pbx_registers_without_cross_worker_handoffs() {
+    let mut s = Server::prepare("[sip]\nworkers = 2\n");
+    for i in 0..40 {
+        s.add_credential(&format!("pbx{i}"), PW, None);
+    }
+    s.launch();
+    let mut c = s.client();
+    for i in 0..40 {
+        let r = c.register_with(&format!("pbx{i}"), &s.realm, PW, Alg::Md5, 60);
+        assert_code(&r, 200, "registration");
+    }
+    assert_eq!(gauge(&s), 40.0);
+    let text = s.metrics();
+    assert_eq!(
+        metric_sum(&text, "sipedge_worker_handoffs_total"),
+        0.0,
+        "{text}"
+    );
+}

@@ -7,6 +7,7 @@
 //! and sends. Time is unix milliseconds passed in; nothing here reads a clock.
 //! Must not: touch sockets, the store, or other shards' state.
 
+pub mod owners;
 pub mod response;
 
 use crate::config::{OnConflict, RegistrarConfig};
@@ -24,7 +25,8 @@ const DEFAULT_REQUESTED_EXPIRES: u32 = 3600;
 /// Nonces tracked per credential for the nonce-count replay check.
 const TRACKED_NONCES: usize = 4;
 
-/// Which shard owns a credential: stable across threads and restarts (FNV-1a of the key).
+/// A credential's home shard: stable across threads and restarts (FNV-1a of the key). Used to
+/// spread restored bindings and a flood's first claims over the workers (see [`owners`]).
 pub fn shard_of(key: &[u8], shards: usize) -> usize {
     let mut h: u64 = 0xcbf29ce484222325;
     for &b in key {

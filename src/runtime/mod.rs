@@ -8,6 +8,7 @@ pub mod udp;
 pub mod worker;
 
 use crate::config::{Config, Transport as ListenTransport};
+use crate::registrar::owners::Owners;
 use crate::registrar::response::Opaque;
 use crate::registrar::{shard_of, Binding, Registrar, Transport};
 use crate::security::{Ban, SourceGuard};
@@ -279,6 +280,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             )
         })
         .collect();
+    let owners = Arc::new(Owners::new(workers));
     let mut restored_count = 0usize;
     for row in restored {
         let Ok(ip) = row.source_ip.parse::<IpAddr>() else {
@@ -286,7 +288,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         };
         let mut key = SmallVec::<[u8; 128]>::new();
         credential_key(row.username.as_bytes(), row.realm.as_bytes(), &mut key);
-        let shard = shard_of(&key, workers);
+        let shard = owners.owner_or_claim(&key, shard_of(&key, workers));
         let binding = Binding {
             contact: row.contact,
             source: SocketAddr::new(ip, row.source_port),
@@ -358,6 +360,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             guard: SourceGuard::new(config.security.clone()),
             shared_snapshot: shared_snapshot.clone(),
             opaque: opaque.clone(),
+            owners: owners.clone(),
         })
         .context("cannot start a worker")?;
         let core = if cores.is_empty() {

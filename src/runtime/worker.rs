@@ -8,6 +8,7 @@
 
 use super::udp::{RecvBatch, SendBatch, SendMeta};
 use super::{Control, Handoff, Peer, PersistBatch, SecurityEvent};
+use crate::registrar::owners::Owners;
 use crate::registrar::response::{write_answer, write_plain, Opaque};
 use crate::registrar::{self, Answer, Registrar, Transport};
 use crate::security::{self, Ban, SourceGuard};
@@ -61,6 +62,7 @@ pub struct Worker {
     pub guard: SourceGuard,
     pub shared_snapshot: Arc<ArcSwap<Snapshot>>,
     pub opaque: Arc<Opaque>,
+    pub owners: Arc<Owners>,
     pub transport: Transport,
     // private state
     snap: Arc<Snapshot>,
@@ -98,6 +100,7 @@ pub struct WorkerParts {
     pub guard: SourceGuard,
     pub shared_snapshot: Arc<ArcSwap<Snapshot>>,
     pub opaque: Arc<Opaque>,
+    pub owners: Arc<Owners>,
 }
 
 impl Worker {
@@ -121,6 +124,7 @@ impl Worker {
             guard: p.guard,
             shared_snapshot: p.shared_snapshot,
             opaque: p.opaque,
+            owners: p.owners,
             transport: Transport::Udp,
             snap,
             txns: ServerTransactions::new(MAX_TRANSACTIONS, TIMER_J_UDP_MS),
@@ -383,11 +387,19 @@ impl Worker {
         }
     }
 
+    /// The worker holding this credential's state. A credential nobody owns yet becomes this
+    /// worker's (its PBX's traffic lands here), unless this worker is backlogged: then it goes to
+    /// its home shard, so one big source still spreads its credentials over every core.
     fn register_owner(&self, req: &RequestHeaders<'_>) -> usize {
         let realm = self.snap.realm_for_host(req.to.uri.host);
         let mut key = SmallVec::<[u8; 128]>::new();
         credential_key(req.to.uri.user.unwrap_or_default(), realm, &mut key);
-        registrar::shard_of(&key, self.peers.len())
+        let claimant = if self.backlogged {
+            registrar::shard_of(&key, self.peers.len())
+        } else {
+            self.id
+        };
+        self.owners.owner_or_claim(&key, claimant)
     }
 
     /// The To-tag of our answers: derived from the transaction key, so a retransmission gets
@@ -585,7 +597,10 @@ impl Worker {
             arrived_ns,
             from: self.id,
         }) {
-            Ok(()) => self.wake_pending |= 1 << (owner % 64),
+            Ok(()) => {
+                self.stats.handoffs += 1;
+                self.wake_pending |= 1 << (owner % 64)
+            }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.stats.dropped(DropReason::Overload)
             }
