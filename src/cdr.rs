@@ -48,6 +48,15 @@ pub enum Direction {
     Origination,
 }
 
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Termination => "termination",
+            Direction::Origination => "origination",
+        }
+    }
+}
+
 /// Why a call ended (SPEC §3.7 `end_reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -43,6 +43,93 @@ impl DropReason {
     }
 }
 
+/// `sipedge_calls_rejected_total{reason}` (SPEC §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectMetric {
+    Cps,
+    Channels,
+    CallerId,
+    Number,
+    NoRoute,
+    Codec,
+    MediaPorts,
+    UnknownSource,
+}
+
+impl RejectMetric {
+    pub const ALL: [RejectMetric; 8] = [
+        RejectMetric::Cps,
+        RejectMetric::Channels,
+        RejectMetric::CallerId,
+        RejectMetric::Number,
+        RejectMetric::NoRoute,
+        RejectMetric::Codec,
+        RejectMetric::MediaPorts,
+        RejectMetric::UnknownSource,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectMetric::Cps => "cps",
+            RejectMetric::Channels => "channels",
+            RejectMetric::CallerId => "callerid",
+            RejectMetric::Number => "number",
+            RejectMetric::NoRoute => "no_route",
+            RejectMetric::Codec => "codec",
+            RejectMetric::MediaPorts => "media_ports",
+            RejectMetric::UnknownSource => "unknown_source",
+        }
+    }
+}
+
+const DIRECTIONS: [crate::cdr::Direction; 2] = [
+    crate::cdr::Direction::Termination,
+    crate::cdr::Direction::Origination,
+];
+const RESULTS: [&str; 3] = ["answered", "failed", "rejected"];
+
+fn dir_index(d: crate::cdr::Direction) -> usize {
+    match d {
+        crate::cdr::Direction::Termination => 0,
+        crate::cdr::Direction::Origination => 1,
+    }
+}
+
+/// One shard's call counters (SPEC §4 `sipedge_calls_*`).
+#[derive(Clone, Debug, Default)]
+pub struct CallStats {
+    pub active: [u64; 2],
+    /// [direction][answered, failed, rejected]
+    pub total: [[u64; 3]; 2],
+    pub rejected: [u64; 8],
+}
+
+impl CallStats {
+    pub fn started(&mut self, d: crate::cdr::Direction) {
+        self.active[dir_index(d)] += 1;
+    }
+    pub fn ended(&mut self, d: crate::cdr::Direction) {
+        let a = &mut self.active[dir_index(d)];
+        *a = a.saturating_sub(1);
+    }
+    pub fn finished(&mut self, d: crate::cdr::Direction, answered: bool) {
+        self.total[dir_index(d)][if answered { 0 } else { 1 }] += 1;
+    }
+    /// Refused by sipedge's policy (an attempt's CDR says `rejected`).
+    pub fn rejected(&mut self, d: crate::cdr::Direction, why: RejectMetric) {
+        self.total[dir_index(d)][2] += 1;
+        self.rejected[why as usize] += 1;
+    }
+    /// Every gateway failed: the call ends `failed` (counted when its CDR is out), and the
+    /// reason is counted here.
+    pub fn no_route(&mut self, _d: crate::cdr::Direction) {
+        self.rejected[RejectMetric::NoRoute as usize] += 1;
+    }
+    /// An INVITE with wrong credentials, or dropped under `drop_unknown`: not an attempt.
+    pub fn unknown_source(&mut self) {
+        self.rejected[RejectMetric::UnknownSource as usize] += 1;
+    }
+}
+
 /// Longest latency the histograms resolve (60 s, in nanoseconds); longer values are clamped.
 const HIST_MAX_NS: u64 = 60_000_000_000;
 
@@ -58,6 +145,9 @@ pub struct WorkerStats {
     pub messages: u64,
     /// Requests this worker passed to the worker owning their state.
     pub handoffs: u64,
+    pub calls: CallStats,
+    /// CDRs the writer's queue refused (full or closed).
+    pub cdr_dropped: u64,
     pub registrations_active: u64,
     pub bans_active: u64,
     /// Per method, nanoseconds from a datagram's arrival to its answer being sent.
@@ -82,6 +172,8 @@ impl WorkerStats {
             register_rejected: [0; 4],
             messages: 0,
             handoffs: 0,
+            calls: CallStats::default(),
+            cdr_dropped: 0,
             registrations_active: 0,
             bans_active: 0,
             processing,
@@ -163,6 +255,37 @@ pub fn render(stats: &[WorkerStats]) -> String {
             "sipedge_register_rejected_total{{reason=\"{}\"}} {}",
             r.as_str(),
             sum(&|s| s.register_rejected[r as usize])
+        );
+    }
+    out.push_str("# HELP sipedge_calls_active Calls up (set up or answered).\n# TYPE sipedge_calls_active gauge\n");
+    for d in DIRECTIONS {
+        let i = dir_index(d);
+        let _ = writeln!(
+            out,
+            "sipedge_calls_active{{direction=\"{}\"}} {}",
+            d.as_str(),
+            sum(&|s| s.calls.active[i])
+        );
+    }
+    out.push_str("# HELP sipedge_calls_total Call attempts by outcome.\n# TYPE sipedge_calls_total counter\n");
+    for d in DIRECTIONS {
+        let i = dir_index(d);
+        for (j, r) in RESULTS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "sipedge_calls_total{{direction=\"{}\",result=\"{r}\"}} {}",
+                d.as_str(),
+                sum(&|s| s.calls.total[i][j])
+            );
+        }
+    }
+    out.push_str("# HELP sipedge_calls_rejected_total INVITEs refused by sipedge's policy.\n# TYPE sipedge_calls_rejected_total counter\n");
+    for r in RejectMetric::ALL {
+        let _ = writeln!(
+            out,
+            "sipedge_calls_rejected_total{{reason=\"{}\"}} {}",
+            r.as_str(),
+            sum(&|s| s.calls.rejected[r as usize])
         );
     }
     out.push_str("# HELP sipedge_dropped_total Datagrams dropped without an answer.\n# TYPE sipedge_dropped_total counter\n");

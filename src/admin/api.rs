@@ -736,15 +736,25 @@ async fn list_registrations(
     api.ask(|s| s.registrations()).await.map(Json)
 }
 
-/// Calls arrive with the B2BUA; until then there are none.
-async fn list_calls(uri: Uri) -> ApiResult<Json<Vec<serde_json::Value>>> {
+/// Every live call, from every worker.
+async fn list_calls(
+    State(api): State<Api>,
+    uri: Uri,
+) -> ApiResult<Json<Vec<crate::call::CallView>>> {
     no_query(&uri)?;
-    Ok(Json(Vec::new()))
+    api.ask(|s| s.calls()).await.map(Json)
 }
 
-async fn delete_call(id: Segment) -> ApiResult<StatusCode> {
+/// BYE on both legs (or 487/CANCEL before answer); the CDR says `admin`.
+async fn delete_call(State(api): State<Api>, id: Segment) -> ApiResult<StatusCode> {
     let id = segment(id, "id")?;
-    Err(ApiError::not_found(format_args!("call {id}")))
+    let wanted = id.clone();
+    if api.ask(move |s| s.hang_up(&wanted)).await? {
+        tracing::info!(call = %id, "api: call ended");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format_args!("call {id}")))
+    }
 }
 
 // ---- bans ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@
 //! - `RAck` of a PRACK is relayed as is (its CSeq number is not mapped between legs);
 //! - outgoing messages are freshly allocated `Vec<u8>`s; per-message parsing does not allocate.
 
+pub mod desk;
 mod wire;
 
 #[cfg(test)]
@@ -60,6 +61,20 @@ pub enum Out {
     /// `failover`: the caller either [`Calls::retry`]s with the next gateway or
     /// [`Calls::give_up`]s (SPEC §3.4, "503 No route"). The A leg keeps waiting meanwhile.
     Failed { call: CallId, code: u16 },
+}
+
+/// One live call as the API lists it (SPEC §4 calls).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CallView {
+    pub id: String,
+    pub direction: Direction,
+    pub account: String,
+    pub from: String,
+    pub to: String,
+    /// "setup" until answered, then "answered".
+    pub state: &'static str,
+    pub started: String,
+    pub answered: Option<String>,
 }
 
 /// What the caller of [`Calls::start`] decided about the call.
@@ -221,6 +236,8 @@ struct Ctx {
     shard: u16,
     local: SocketAddr,
     rng: u64,
+    /// Failover calls: a gateway silent this long after the INVITE is given up (0 = Timer B).
+    gateway_timeout_ms: u64,
 }
 
 impl Ctx {
@@ -302,6 +319,7 @@ impl Calls {
                 shard,
                 local,
                 rng: seed | 1,
+                gateway_timeout_ms: 0,
             },
             calls: HashMap::new(),
             by_a: HashMap::new(),
@@ -311,6 +329,13 @@ impl Calls {
             active: 0,
             key: Vec::new(),
         }
+    }
+
+    /// SPEC §2 `core.gateway_timeout_ms`: on calls started with `failover`, a B leg that has
+    /// answered nothing at all (not even 100 Trying) this long after its INVITE fails with 408
+    /// and [`Out::Failed`] (0 = wait for Timer B, 32 s).
+    pub fn set_gateway_timeout(&mut self, ms: u64) {
+        self.ctx.gateway_timeout_ms = ms;
     }
 
     /// Calls not yet ended (lingering ones excluded).
@@ -516,6 +541,10 @@ impl Calls {
         }
         bytes.extend_from_slice(&call.tmpl.headers);
         wire::finish_body(&mut bytes, body);
+        let mut ct = ClientTransaction::new(Kind::Invite, now, false);
+        if call.failover && self.ctx.gateway_timeout_ms > 0 {
+            ct.give_up_unheard_at(now + self.ctx.gateway_timeout_ms);
+        }
         Txn {
             to: Side::B,
             branch,
@@ -523,7 +552,7 @@ impl Calls {
             cseq: b.cseq,
             request_uri: b.target_uri.clone(),
             bytes,
-            ct: ClientTransaction::new(Kind::Invite, now, false),
+            ct,
             ack: None,
             origin,
             initial: true,
@@ -640,38 +669,81 @@ impl Calls {
         }
     }
 
-    /// Any SIP message of a call of this shard (either leg, request or response). Messages
-    /// that match no call, or are malformed, are ignored.
-    pub fn handle(&mut self, now: u64, src: SocketAddr, msg: &Message<'_>, out: &mut Vec<Out>) {
+    /// Any SIP message of a call of this shard (either leg, request or response). False when
+    /// it matches no call (the runtime answers a stray request 481) or is malformed.
+    pub fn handle(
+        &mut self,
+        now: u64,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        out: &mut Vec<Out>,
+    ) -> bool {
         let id = match msg.start {
             StartLine::Response { .. } => {
                 let Ok(rh) = response_headers(msg) else {
-                    return;
+                    return false;
                 };
                 let Some((id, side)) = self.lookup(rh.call_id, rh.to.tag) else {
-                    return;
+                    return false;
                 };
                 let Some(c) = self.calls.get_mut(&id) else {
-                    return;
+                    return false;
                 };
                 on_response(&mut self.ctx, c, now, side, msg, &rh, out);
                 id
             }
             StartLine::Request { .. } => {
                 let Ok(rq) = request_headers(msg) else {
-                    return;
+                    return false;
                 };
                 let Some((id, side)) = self.lookup(rq.call_id, rq.from.tag) else {
-                    return;
+                    return false;
                 };
                 let Some(c) = self.calls.get_mut(&id) else {
-                    return;
+                    return false;
                 };
                 on_request(&mut self.ctx, c, now, side, src, msg, &rq, out);
                 id
             }
         };
         self.settle(now, id, false);
+        true
+    }
+
+    /// The live calls of this shard, as `GET /api/v1/calls` shows them.
+    pub fn views(&self) -> impl Iterator<Item = CallView> + '_ {
+        self.calls.values().filter(|c| !c.ended).map(|c| CallView {
+            id: c.record.id.clone(),
+            direction: c.record.direction,
+            account: c.record.account.clone(),
+            from: c.record.from.clone(),
+            to: c.record.to.clone(),
+            state: if c.answered { "answered" } else { "setup" },
+            started: crate::cdr::Rfc3339Ms::from_unix_ms(c.record.start)
+                .as_str()
+                .to_owned(),
+            answered: c
+                .record
+                .answer
+                .map(|a| crate::cdr::Rfc3339Ms::from_unix_ms(a).as_str().to_owned()),
+        })
+    }
+
+    /// Every call not yet ended.
+    pub fn live_ids(&self) -> Vec<CallId> {
+        self.calls
+            .values()
+            .filter(|c| !c.ended)
+            .map(|c| c.id)
+            .collect()
+    }
+
+    /// The live call whose CDR id (the A-leg To-tag) is `id`.
+    pub fn find(&self, id: &str) -> Option<CallId> {
+        self.calls
+            .values()
+            .find(|c| !c.ended && c.record.id == id)
+            .map(|c| c.id)
     }
 
     fn lookup(&mut self, call_id: &[u8], a_tag: Option<&[u8]>) -> Option<(CallId, Side)> {

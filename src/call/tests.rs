@@ -766,6 +766,26 @@ fn timer_b_gives_failed_then_retry_reaches_the_next_gateway() {
 }
 
 #[test]
+fn a_silent_gateway_is_given_up_after_the_gateway_timeout_but_a_trying_one_is_not() {
+    let mut h = Harness::new();
+    h.calls.set_gateway_timeout(2_000);
+    let (id, _) = h.start_with(&a_invite("z9hG4bKa1", 70), true);
+    let id = id.unwrap();
+    h.advance(1_000 + 1_999);
+    assert!(h.failed.is_empty(), "not before the timeout");
+    h.advance(1_000 + 2_000);
+    assert_eq!(h.failed, vec![(id, 408)]);
+
+    // A gateway that says 100 Trying is waited for past the timeout.
+    let mut h = Harness::new();
+    h.calls.set_gateway_timeout(2_000);
+    let (_, sends) = h.start_with(&a_invite("z9hG4bKa2", 70), true);
+    h.feed(addr(B_GW), &respond(&sends[1].1, 100, None, "", ""));
+    h.advance(1_000 + 10_000);
+    assert!(h.failed.is_empty());
+}
+
+#[test]
 fn timer_b_without_failover_answers_408() {
     let mut h = Harness::new();
     h.start_with(&a_invite("z9hG4bKa1", 70), false);

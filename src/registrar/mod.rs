@@ -248,6 +248,17 @@ impl Registrar {
         }
     }
 
+    /// The binding an origination call for credential `key` goes to: the most recently
+    /// registered one still live.
+    pub fn live_binding(&self, key: &[u8], now_ms: u64) -> Option<&Binding> {
+        let &slot = self.index.get(key)?;
+        self.slots[slot as usize]
+            .bindings
+            .iter()
+            .filter(|b| b.expires_at_ms > now_ms)
+            .max_by_key(|b| b.registered_at_ms)
+    }
+
     /// Every credential state with at least one binding.
     pub fn iter_bound(&self) -> impl Iterator<Item = &CredState> {
         self.slots.iter().filter(|c| !c.bindings.is_empty())
@@ -305,87 +316,17 @@ impl Registrar {
         let realm = snap.realm_for_host(req.to.uri.host);
         let to_user = req.to.uri.user.unwrap_or_default();
         let cred = snap.credential(to_user, realm);
-
-        // -- authentication (401/403) --
-        let Some(auth) = find_credentials(msg, realm) else {
-            return (self.challenge(now_ms, false, cred), Effects::default());
-        };
-        let auth_failed = Effects {
-            auth_failure: true,
-            throttled: false,
-            rejected: Some(RejectReason::Auth),
-        };
-        let alg = match auth.algorithm {
-            None => Algorithm::Md5,
-            Some(a) => match Algorithm::parse(a) {
-                Some(a) if self.cfg.algorithms.contains(&a) => a,
-                _ => return (self.challenge(now_ms, false, cred), Effects::default()),
-            },
-        };
-        let issued_s =
-            match self
-                .nonce_key
-                .check(auth.nonce, now_ms / 1000, u64::from(self.cfg.nonce_ttl_s))
-            {
-                NonceCheck::Valid { issued } => issued,
-                NonceCheck::Stale => {
-                    return (self.challenge(now_ms, true, cred), Effects::default())
-                }
-                // Not ours: a fresh challenge, not stale, and it counts against the source.
-                NonceCheck::Forged => return (self.challenge(now_ms, false, cred), auth_failed),
-            };
-        // The digest username is `user` (HA1) or `user@realm` (HA1b); either way it must name the
-        // To user, or one credential could register another's address.
-        let (digest_user, use_ha1b) = split_user_realm(auth.username, realm);
-        let Some(cred) = cred.filter(|_| digest_user == to_user) else {
-            return (Answer::Forbidden, auth_failed);
-        };
-        let Some(hashes) = cred.hashes(alg) else {
-            return (Answer::Forbidden, auth_failed);
-        };
-        let qop = match (auth.qop, auth.nc, auth.cnonce) {
-            (Some(q), Some(nc), Some(cnonce)) if q.eq_ignore_ascii_case(b"auth") => {
-                Some(Qop { qop: q, nc, cnonce })
-            }
-            (None, _, _) => None,
-            _ => return (Answer::BadRequest("Bad Authorization"), Effects::default()),
-        };
-        let ha1 = if use_ha1b {
-            hashes.ha1b.as_bytes()
-        } else {
-            hashes.ha1.as_bytes()
-        };
-        if !digest::verify(
-            alg,
-            ha1,
+        let slot = match self.authenticate(
+            now_ms,
+            msg,
+            HeaderName::Authorization,
             b"REGISTER",
-            auth.uri,
-            auth.nonce,
-            qop,
-            auth.response,
+            realm,
+            cred,
         ) {
-            return (Answer::Forbidden, auth_failed);
-        }
-        let nc = match qop {
-            Some(q) => match digest::parse_nc(q.nc) {
-                Some(nc) if nc > 0 => nc,
-                _ => return (Answer::Forbidden, auth_failed),
-            },
-            None => 1,
+            Ok(slot) => slot,
+            Err(refusal) => return refusal,
         };
-
-        // Authenticated. From here on, state for this credential exists.
-        let slot = self.slot_for(cred);
-        match self.slots[slot]
-            .check_nonce_count(digest::nonce_order(auth.nonce).unwrap_or((issued_s, 0)), nc)
-        {
-            NonceUseCheck::Fresh => {}
-            NonceUseCheck::Replay if qop.is_some() => return (Answer::Forbidden, auth_failed),
-            // Without qop there is no nonce-count: a reused nonce just gets a new one.
-            NonceUseCheck::Replay | NonceUseCheck::TooOld => {
-                return (self.challenge(now_ms, true, Some(cred)), Effects::default())
-            }
-        }
 
         // -- unregister (200) --
         let contacts = match headers::contacts(msg) {
@@ -548,6 +489,102 @@ impl Registrar {
         (Answer::Registered { expires: granted }, Effects::default())
     }
 
+    /// Digest authentication of a request (SPEC §3.2 rules, shared by REGISTER's 401 and
+    /// INVITE's 407): the credentials in `header` for `realm` must come from `cred` — the
+    /// credential the request claims (the To user of a REGISTER, the digest user of an INVITE)
+    /// — carry a nonce of ours within its TTL, a correct response for `method`, and a fresh
+    /// nonce-count. Ok: the credential's state slot in this shard (created if need be). Err: the
+    /// challenge or refusal to answer with, and what the security layer must count.
+    pub fn authenticate(
+        &mut self,
+        now_ms: u64,
+        msg: &Message<'_>,
+        header: HeaderName,
+        method: &[u8],
+        realm: &[u8],
+        cred: Option<&CredentialAuth>,
+    ) -> Result<usize, (Answer, Effects)> {
+        let Some(auth) = find_credentials(msg, header, realm) else {
+            return Err((self.challenge(now_ms, false, cred), Effects::default()));
+        };
+        let auth_failed = Effects {
+            auth_failure: true,
+            throttled: false,
+            rejected: Some(RejectReason::Auth),
+        };
+        let alg = match auth.algorithm {
+            None => Algorithm::Md5,
+            Some(a) => match Algorithm::parse(a) {
+                Some(a) if self.cfg.algorithms.contains(&a) => a,
+                _ => return Err((self.challenge(now_ms, false, cred), Effects::default())),
+            },
+        };
+        let issued_s =
+            match self
+                .nonce_key
+                .check(auth.nonce, now_ms / 1000, u64::from(self.cfg.nonce_ttl_s))
+            {
+                NonceCheck::Valid { issued } => issued,
+                NonceCheck::Stale => {
+                    return Err((self.challenge(now_ms, true, cred), Effects::default()))
+                }
+                // Not ours: a fresh challenge, not stale, and it counts against the source.
+                NonceCheck::Forged => {
+                    return Err((self.challenge(now_ms, false, cred), auth_failed))
+                }
+            };
+        // The digest username is `user` (HA1) or `user@realm` (HA1b); either way it must name the
+        // claimed credential, or one credential could act as another.
+        let (digest_user, use_ha1b) = split_user_realm(auth.username, realm);
+        let Some(cred) = cred.filter(|c| digest_user == c.username.as_bytes()) else {
+            return Err((Answer::Forbidden, auth_failed));
+        };
+        let Some(hashes) = cred.hashes(alg) else {
+            return Err((Answer::Forbidden, auth_failed));
+        };
+        let qop = match (auth.qop, auth.nc, auth.cnonce) {
+            (Some(q), Some(nc), Some(cnonce)) if q.eq_ignore_ascii_case(b"auth") => {
+                Some(Qop { qop: q, nc, cnonce })
+            }
+            (None, _, _) => None,
+            _ => return Err((Answer::BadRequest("Bad Authorization"), Effects::default())),
+        };
+        let ha1 = if use_ha1b {
+            hashes.ha1b.as_bytes()
+        } else {
+            hashes.ha1.as_bytes()
+        };
+        if !digest::verify(alg, ha1, method, auth.uri, auth.nonce, qop, auth.response) {
+            return Err((Answer::Forbidden, auth_failed));
+        }
+        let nc = match qop {
+            Some(q) => match digest::parse_nc(q.nc) {
+                Some(nc) if nc > 0 => nc,
+                _ => return Err((Answer::Forbidden, auth_failed)),
+            },
+            None => 1,
+        };
+
+        // Authenticated. From here on, state for this credential exists.
+        let slot = self.slot_for(cred);
+        match self.slots[slot]
+            .check_nonce_count(digest::nonce_order(auth.nonce).unwrap_or((issued_s, 0)), nc)
+        {
+            NonceUseCheck::Fresh => Ok(slot),
+            NonceUseCheck::Replay if qop.is_some() => Err((Answer::Forbidden, auth_failed)),
+            // Without qop there is no nonce-count: a reused nonce just gets a new one.
+            NonceUseCheck::Replay | NonceUseCheck::TooOld => {
+                Err((self.challenge(now_ms, true, Some(cred)), Effects::default()))
+            }
+        }
+    }
+
+    /// A challenge for a request that named no usable credentials (INVITE's 407 from an unknown
+    /// source), offering every configured algorithm.
+    pub fn challenge_anyone(&mut self, now_ms: u64) -> Answer {
+        self.challenge(now_ms, false, None)
+    }
+
     fn slot_for(&mut self, cred: &CredentialAuth) -> usize {
         let mut key = SmallVec::<[u8; 128]>::new();
         credential_key(cred.username.as_bytes(), cred.realm.as_bytes(), &mut key);
@@ -682,9 +719,13 @@ impl CredState {
 }
 
 /// The Authorization header for our realm (a request may carry several, RFC 3261 §22.4).
-fn find_credentials<'a>(msg: &Message<'a>, realm: &[u8]) -> Option<DigestCredentials<'a>> {
+fn find_credentials<'a>(
+    msg: &Message<'a>,
+    header: HeaderName,
+    realm: &[u8],
+) -> Option<DigestCredentials<'a>> {
     let mut first = None;
-    for value in msg.headers_named(HeaderName::Authorization) {
+    for value in msg.headers_named(header) {
         if let Ok(c) = headers::parse_digest_credentials(value) {
             if c.realm.eq_ignore_ascii_case(realm) {
                 return Some(c);
@@ -720,3 +761,9 @@ fn set_lossy(s: &mut String, bytes: &[u8]) {
 
 #[cfg(test)]
 mod tests;
+
+impl crate::call::desk::Bindings for Registrar {
+    fn live(&self, key: &[u8], now_ms: u64) -> Option<&Binding> {
+        self.live_binding(key, now_ms)
+    }
+}

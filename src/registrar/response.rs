@@ -1,7 +1,8 @@
 //! Writes a registrar [`Answer`] as SIP bytes. Deterministic in (answer, request, source): a
 //! retransmitted request regenerates the identical response.
 
-use super::{Answer, Registrar};
+use super::{AlgMask, Answer, Registrar};
+use crate::sip::digest::Nonce;
 use crate::sip::headers::{self, Contacts};
 use crate::sip::scan::{HeaderName, Message};
 use crate::sip::write::{self, finish, header, header_u64, push_u64, response_head};
@@ -30,25 +31,16 @@ pub fn write_answer(
     };
     response_head(out, code, phrase, msg, src, to_tag);
     match answer {
-        Answer::Challenge { nonce, stale, algs } => {
-            for (i, alg) in reg.config().algorithms.iter().enumerate() {
-                if algs.0 & (1 << i) == 0 {
-                    continue;
-                }
-                out.extend_from_slice(b"WWW-Authenticate: Digest realm=\"");
-                out.extend_from_slice(realm);
-                out.extend_from_slice(b"\", nonce=\"");
-                out.extend_from_slice(nonce.as_bytes());
-                out.extend_from_slice(b"\", opaque=\"");
-                out.extend_from_slice(&opaque.0);
-                out.extend_from_slice(b"\", qop=\"auth\", algorithm=");
-                out.extend_from_slice(alg.name().as_bytes());
-                if *stale {
-                    out.extend_from_slice(b", stale=true");
-                }
-                out.extend_from_slice(b"\r\n");
-            }
-        }
+        Answer::Challenge { nonce, stale, algs } => push_challenges(
+            out,
+            b"WWW-Authenticate",
+            reg,
+            realm,
+            nonce,
+            *stale,
+            *algs,
+            opaque,
+        ),
         Answer::Registered { expires } => {
             let header_expires = msg.header(HeaderName::Expires).and_then(headers::parse_u32);
             if let Ok(Contacts::List(list)) = headers::contacts(msg) {
@@ -89,6 +81,39 @@ pub fn write_answer(
         Answer::Forbidden | Answer::InUse | Answer::BadRequest(_) => {}
     }
     finish(out);
+}
+
+/// One `header: Digest ...` line per algorithm in `algs` (`WWW-Authenticate` for REGISTER's 401,
+/// `Proxy-Authenticate` for INVITE's 407).
+#[allow(clippy::too_many_arguments)]
+pub fn push_challenges(
+    out: &mut Vec<u8>,
+    header: &[u8],
+    reg: &Registrar,
+    realm: &[u8],
+    nonce: &Nonce,
+    stale: bool,
+    algs: AlgMask,
+    opaque: &Opaque,
+) {
+    for (i, alg) in reg.config().algorithms.iter().enumerate() {
+        if algs.0 & (1 << i) == 0 {
+            continue;
+        }
+        out.extend_from_slice(header);
+        out.extend_from_slice(b": Digest realm=\"");
+        out.extend_from_slice(realm);
+        out.extend_from_slice(b"\", nonce=\"");
+        out.extend_from_slice(nonce.as_bytes());
+        out.extend_from_slice(b"\", opaque=\"");
+        out.extend_from_slice(&opaque.0);
+        out.extend_from_slice(b"\", qop=\"auth\", algorithm=");
+        out.extend_from_slice(alg.name().as_bytes());
+        if stale {
+            out.extend_from_slice(b", stale=true");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// A plain response with no extra headers (OPTIONS 200, 400, 501, ...).

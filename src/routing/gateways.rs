@@ -64,7 +64,7 @@ impl Gateways {
         let mut entries = Vec::with_capacity(config.len());
         for (index, gw) in config.iter().enumerate() {
             let (addr, transport) =
-                parse_gateway_uri(&gw.uri).map_err(|problem| GatewayError { index, problem })?;
+                parse_sip_target(&gw.uri).map_err(|problem| GatewayError { index, problem })?;
             entries.push(Entry {
                 uri: gw.uri.clone(),
                 addr,
@@ -201,9 +201,10 @@ impl Gateways {
     }
 }
 
-/// `sip:[user@]IP[:port][;params]` -> address and transport. Only the transport parameter is
+/// `sip:[user@]IP[:port][;params]` -> address and transport (gateway URIs, trunk destinations,
+/// number URI routes). Only the transport parameter is
 /// interpreted; others (`lr`, …) are carried in the configured URI untouched.
-fn parse_gateway_uri(uri: &str) -> Result<(SocketAddr, Transport), String> {
+pub fn parse_sip_target(uri: &str) -> Result<(SocketAddr, Transport), String> {
     let lower = uri.to_ascii_lowercase();
     let (secure, rest) = if let Some(r) = lower.strip_prefix("sips:") {
         (true, r)

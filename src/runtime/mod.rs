@@ -36,6 +36,13 @@ pub enum Control {
     ListRegistrations(Sender<Vec<RegistrationView>>),
     /// Reply with the bans this worker enforces.
     ListBans(Sender<Vec<Ban>>),
+    /// Reply with the shard's live calls.
+    ListCalls(Sender<Vec<crate::call::CallView>>),
+    /// End the call with this id if it lives here (`DELETE /api/v1/calls/{id}`); replies
+    /// whether it did.
+    HangUp(String, Sender<bool>),
+    /// Refuse new INVITEs (503, Retry-After 30) while calls drain (SPEC §5).
+    Drain,
     Shutdown,
 }
 
@@ -140,6 +147,31 @@ impl Shared {
             (&a.realm, &a.username, &a.contact).cmp(&(&b.realm, &b.username, &b.contact))
         });
         all
+    }
+
+    /// Every live call, oldest first.
+    pub fn calls(&self) -> Vec<crate::call::CallView> {
+        let mut all: Vec<crate::call::CallView> =
+            self.ask(Control::ListCalls).into_iter().flatten().collect();
+        all.sort_by(|a, b| (&a.started, &a.id).cmp(&(&b.started, &b.id)));
+        all
+    }
+
+    /// Ends call `id` (its shard is in the id, `<shard>-<hex>`); false if no such live call.
+    pub fn hang_up(&self, id: &str) -> bool {
+        let Some(shard) = crate::call::shard_of_tag(id.as_bytes()).map(usize::from) else {
+            return false;
+        };
+        let Some(p) = self.peers.get(shard) else {
+            return false;
+        };
+        let (tx, rx) = bounded(1);
+        if p.control.send(Control::HangUp(id.to_owned(), tx)).is_err() {
+            return false;
+        }
+        p.wake();
+        rx.recv_timeout(std::time::Duration::from_secs(1))
+            .unwrap_or(false)
     }
 
     /// Active bans (every worker enforces the same set; the latest expiry per IP wins).
@@ -260,6 +292,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             udp::bind_reuseport(sip_addr).with_context(|| format!("cannot bind udp {sip_addr}"))?,
         );
     }
+    let gateways = crate::routing::gateways::Gateways::new(&config.core.gateways)
+        .map_err(|e| anyhow!("{e}"))?;
+    let core_sources = Arc::new(
+        crate::routing::classify::CoreSources::new(&config.core, &gateways)
+            .map_err(|e| anyhow!("{e}"))?,
+    );
+    let local = advertised(&config, sip_addr);
+    let (cdr_writer, cdr_sender) =
+        crate::cdr::CdrWriter::spawn(&config.cdr.path).map_err(|e| anyhow!("cdr.path: {e}"))?;
     let admin_listener = std::net::TcpListener::bind(config.admin.listen)
         .with_context(|| format!("cannot listen on admin {}", config.admin.listen))?;
     let admin_addr = admin_listener.local_addr()?;
@@ -339,6 +380,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }
         })?;
 
+    let gateway_up: Arc<Vec<AtomicBool>> =
+        Arc::new((0..gateways.len()).map(|_| AtomicBool::new(true)).collect());
+    let desk_config = crate::call::desk::DeskConfig::new(&config);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles: Vec<JoinHandle<()>> = Vec::with_capacity(workers);
     for (id, ((socket, poll), ((handoff_rx, control_rx, returns_rx), registrar))) in sockets
@@ -361,6 +405,24 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             shared_snapshot: shared_snapshot.clone(),
             opaque: opaque.clone(),
             owners: owners.clone(),
+            desk: crate::call::desk::Desk::new(
+                crate::call::Calls::new(id as u16, local, rand::random()),
+                desk_config.clone(),
+                gateways.clone(),
+                rand::random(),
+            ),
+            core: core_sources.clone(),
+            cdr: cdr_sender.clone(),
+            // Worker 0 pings the gateways for everyone.
+            qualify: (id == 0 && !gateways.is_empty()).then(|| {
+                crate::routing::gateways::Qualify::new(
+                    gateways.len(),
+                    config.core.qualify_s,
+                    now_ms,
+                )
+            }),
+            gateway_up: gateway_up.clone(),
+            local,
         })
         .context("cannot start a worker")?;
         let core = if cores.is_empty() {
@@ -424,6 +486,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for h in handles {
         let _ = h.join();
     }
+    drop(cdr_sender);
+    cdr_writer.shutdown();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = watcher.join();
     drop(shared);
@@ -502,6 +566,31 @@ fn publish_if_newer(
         }
     });
     installed
+}
+
+/// sipedge's own signalling address for Via, Contact and the B leg's From (SPEC §2
+/// `sip.advertise`: an IP or IP:port; default the listen address).
+fn advertised(config: &Config, listen: SocketAddr) -> SocketAddr {
+    let adv = config.sip.advertise.trim();
+    if let Ok(a) = adv.parse::<SocketAddr>() {
+        return a;
+    }
+    if let Ok(ip) = adv.parse::<IpAddr>() {
+        return SocketAddr::new(ip, listen.port());
+    }
+    if !adv.is_empty() {
+        tracing::warn!(
+            advertise = adv,
+            "sip.advertise is not an IP address; the listen address is used"
+        );
+    }
+    if listen.ip().is_unspecified() {
+        tracing::warn!(
+            "sip.listen is a wildcard address and sip.advertise is empty: set sip.advertise to the \
+             address peers reach sipedge at, or calls will carry {listen} in Via and Contact"
+        );
+    }
+    listen
 }
 
 fn random_hex16() -> [u8; 16] {

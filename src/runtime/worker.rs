@@ -29,6 +29,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod calls;
+
 pub const SOCKET: Token = Token(0);
 pub const WAKER: Token = Token(1);
 
@@ -37,6 +39,10 @@ pub const WAKER: Token = Token(1);
 enum Recipe {
     Register(Answer),
     Plain(u16),
+    /// An INVITE refused by policy (SPEC §3.3–3.5).
+    Refused(crate::call::desk::Refusal),
+    /// 407 to an INVITE.
+    ProxyChallenge(Answer),
 }
 
 /// Per-iteration bounds so hand-offs, control messages and timers are never starved.
@@ -63,6 +69,20 @@ pub struct Worker {
     pub shared_snapshot: Arc<ArcSwap<Snapshot>>,
     pub opaque: Arc<Opaque>,
     pub owners: Arc<Owners>,
+    desk: crate::call::desk::Desk,
+    core: Arc<crate::routing::classify::CoreSources>,
+    cdr: crate::cdr::CdrSender,
+    /// A-leg hash -> (shard, until): where this worker sent INVITEs, for their CANCELs.
+    cancel_routes: crate::fasthash::FastMap<u64, (u16, u64)>,
+    outs: Vec<crate::call::Out>,
+    /// Worker 0 pings the gateways; every worker reads `gateway_up`.
+    qualify: Option<crate::routing::gateways::Qualify>,
+    qualify_seq: u64,
+    gateway_up: Arc<Vec<std::sync::atomic::AtomicBool>>,
+    /// sipedge's advertised signalling address.
+    local: SocketAddr,
+    /// SIGTERM: new INVITEs get 503 Retry-After 30 while calls drain.
+    shutting_down_calls: bool,
     pub transport: Transport,
     // private state
     snap: Arc<Snapshot>,
@@ -101,6 +121,12 @@ pub struct WorkerParts {
     pub shared_snapshot: Arc<ArcSwap<Snapshot>>,
     pub opaque: Arc<Opaque>,
     pub owners: Arc<Owners>,
+    pub desk: crate::call::desk::Desk,
+    pub core: Arc<crate::routing::classify::CoreSources>,
+    pub cdr: crate::cdr::CdrSender,
+    pub qualify: Option<crate::routing::gateways::Qualify>,
+    pub gateway_up: Arc<Vec<std::sync::atomic::AtomicBool>>,
+    pub local: SocketAddr,
 }
 
 impl Worker {
@@ -125,6 +151,16 @@ impl Worker {
             shared_snapshot: p.shared_snapshot,
             opaque: p.opaque,
             owners: p.owners,
+            desk: p.desk,
+            core: p.core,
+            cdr: p.cdr,
+            cancel_routes: Default::default(),
+            outs: Vec::new(),
+            qualify: p.qualify,
+            qualify_seq: 0,
+            gateway_up: p.gateway_up,
+            local: p.local,
+            shutting_down_calls: false,
             transport: Transport::Udp,
             snap,
             txns: ServerTransactions::new(MAX_TRANSACTIONS, TIMER_J_UDP_MS),
@@ -171,7 +207,11 @@ impl Worker {
             let timeout = if busy {
                 Duration::ZERO
             } else {
-                Duration::from_millis(TIMER_PERIOD_MS)
+                let next_call = self
+                    .desk
+                    .poll_timeout()
+                    .map_or(TIMER_PERIOD_MS, |at| at.saturating_sub(self.now_ms));
+                Duration::from_millis(TIMER_PERIOD_MS.min(next_call).max(1))
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -198,6 +238,7 @@ impl Worker {
                 Control::Collect(reply) => {
                     self.stats.registrations_active = self.registrar.active_bindings() as u64;
                     self.stats.bans_active = self.guard.bans_active(self.now_ms) as u64;
+                    self.stats.calls = self.desk.stats.clone();
                     let _ = reply.send(Box::new(self.stats.clone()));
                 }
                 Control::ListRegistrations(reply) => {
@@ -227,7 +268,31 @@ impl Worker {
                 Control::ListBans(reply) => {
                     let _ = reply.send(self.guard.bans(self.now_ms).copied().collect());
                 }
-                Control::Shutdown => self.shutting_down = true,
+                Control::ListCalls(reply) => {
+                    let _ = reply.send(self.desk.calls.views().collect());
+                }
+                Control::HangUp(id, reply) => {
+                    let found = self.desk.calls.find(&id);
+                    if let Some(call) = found {
+                        let mut outs = std::mem::take(&mut self.outs);
+                        self.desk.calls.hang_up(
+                            self.now_ms,
+                            call,
+                            crate::cdr::EndReason::Admin,
+                            &mut outs,
+                        );
+                        self.desk.after(self.now_ms, &mut outs);
+                        self.carry_out(&mut outs, Method::Bye, unix_now().as_nanos() as u64);
+                        self.outs = outs;
+                        self.flush();
+                    }
+                    let _ = reply.send(found.is_some());
+                }
+                Control::Drain => self.shutting_down_calls = true,
+                Control::Shutdown => {
+                    self.hang_up_all();
+                    self.shutting_down = true
+                }
             }
         }
     }
@@ -318,7 +383,8 @@ impl Worker {
                 self.stats.dropped(DropReason::Banned);
                 return;
             }
-            if !self.guard.allow(src.ip(), self.now_ms) {
+            // The core is trusted (SPEC §3.3) and carries every PBX's calls: not rate limited.
+            if !self.guard.allow(src.ip(), self.now_ms) && !self.core.is_core(src.ip()) {
                 self.stats.dropped(DropReason::SourceRate);
                 return;
             }
@@ -333,7 +399,7 @@ impl Worker {
             }
         };
         let StartLine::Request { method, uri, .. } = msg.start else {
-            // Responses: sipedge sends no requests yet, so nothing can match them.
+            self.on_call_response(data, &msg, src, arrived_ns, handed_over);
             return;
         };
         let req = match headers::request_headers(&msg) {
@@ -374,15 +440,24 @@ impl Worker {
                 }
                 self.on_register(&msg, &req, uri, src, arrived_ns);
             }
-            Method::Ack => {}
-            Method::Options => self.answer_plain(&msg, &req, uri, src, arrived_ns, 200),
+            Method::Invite if req.to.tag.is_none() => {
+                self.on_invite(data, &msg, &req, uri, src, arrived_ns, handed_over)
+            }
+            Method::Options if req.to.tag.is_none() => {
+                self.answer_plain(&msg, &req, uri, src, arrived_ns, 200)
+            }
             //= https://www.rfc-editor.org/rfc/rfc3261#section-15.1.2
             //# If the BYE does not match an existing dialog, the UAS core SHOULD generate a 481
             //# (Call/Transaction Does Not Exist) response
-            // (and likewise a CANCEL matching no transaction, §9.2): there are no calls yet.
-            Method::Bye | Method::Cancel => {
-                self.answer_plain(&msg, &req, uri, src, arrived_ns, 481)
+            // (and likewise a CANCEL matching no transaction, §9.2): `on_call_request` does.
+            Method::Cancel => {
+                self.on_call_request(data, &msg, &req, uri, src, arrived_ns, handed_over)
             }
+            _ if req.to.tag.is_some() => {
+                self.on_call_request(data, &msg, &req, uri, src, arrived_ns, handed_over)
+            }
+            Method::Ack => {}
+            Method::Bye => self.answer_plain(&msg, &req, uri, src, arrived_ns, 481),
             _ => self.answer_plain(&msg, &req, uri, src, arrived_ns, 501),
         }
     }
@@ -430,6 +505,8 @@ impl Worker {
                 self.reply_plain(code, msg, req, src, &tag, arrived_ns);
                 return;
             }
+            // A REGISTER reusing an INVITE's transaction key: not a retransmission of it.
+            Some(Recipe::Refused(_) | Recipe::ProxyChallenge(_)) => return,
             None => {
                 let (answer, effects) = self.registrar.handle_register(
                     self.now_ms,
@@ -652,10 +729,29 @@ impl Worker {
         }
     }
 
+    /// SPEC §5: calls still up at shutdown get BYE on both legs (CDR `shutdown`).
+    fn hang_up_all(&mut self) {
+        let mut outs = std::mem::take(&mut self.outs);
+        for call in self.desk.calls.live_ids() {
+            self.desk.calls.hang_up(
+                self.now_ms,
+                call,
+                crate::cdr::EndReason::Shutdown,
+                &mut outs,
+            );
+        }
+        self.desk.after(self.now_ms, &mut outs);
+        self.carry_out(&mut outs, Method::Bye, unix_now().as_nanos() as u64);
+        self.outs = outs;
+        self.flush();
+    }
+
     fn timers(&mut self, force: bool) {
+        self.call_timers_if_due();
         if !force && self.now_ms.saturating_sub(self.last_timer_ms) < TIMER_PERIOD_MS {
             return;
         }
+        self.call_timers();
         self.last_timer_ms = self.now_ms;
         self.registrar.expire(self.now_ms);
         self.guard.sweep(self.now_ms, false);

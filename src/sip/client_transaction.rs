@@ -81,6 +81,15 @@ impl ClientTransaction {
         }
     }
 
+    /// The transaction user gives up sooner than Timer B/F if nothing at all is heard by `at`
+    /// (SPEC §2 `core.gateway_timeout_ms`: a gateway that does not even send 100 Trying is
+    /// skipped). Any response clears it the way it clears Timer B.
+    pub fn give_up_unheard_at(&mut self, at: u64) {
+        if self.state == State::Initial {
+            self.deadline = Some(self.deadline.map_or(at, |d| d.min(at)));
+        }
+    }
+
     pub fn state(&self) -> State {
         self.state
     }

@@ -1400,3 +1400,5 @@ pub fn assert_code(r: &Response, code: u16, what: &str) {
         r.text()
     );
 }
+
+pub mod sip_peer;

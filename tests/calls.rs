@@ -1,0 +1,711 @@
+//! Calls end to end (SPEC §3.3–3.7, §4 calls): a running `sipedge run` between scripted SIP
+//! peers over loopback UDP. The core gateway lives on 127.0.0.1 (any port of it is "core"),
+//! PBXs on other loopback addresses (127.0.0.2 a trunk, 127.0.0.3 a registering PBX).
+
+mod api_common;
+mod common;
+
+use api_common::Api;
+use common::sip_peer::{Outgoing, Peer, SipMsg};
+use common::*;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(3);
+const PW: &str = "call-Secret.42";
+const TRUNK_IP: &str = "127.0.0.2";
+const PBX_IP: &str = "127.0.0.3";
+/// A number of tenant acme, routed to the trunk.
+const TRUNK_NUMBER: &str = "+15551230001";
+/// A number of tenant acme, routed to credential alice.
+const ALICE_NUMBER: &str = "+15551230002";
+const CALLED: &str = "+4930123456";
+
+/// A server with `gateways` (UDP peers on 127.0.0.1) as the core, a trunk for 127.0.0.2, a
+/// credential alice, and numbers routed to each.
+struct Setup {
+    server: Server,
+    api: Api,
+}
+
+fn setup_with(gateways: &[&Peer], extra: &str) -> Setup {
+    let gws: Vec<String> = gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            format!(
+                "{{ uri = \"sip:{}\", priority = {}, weight = 1 }}",
+                g.addr(),
+                i + 1
+            )
+        })
+        .collect();
+    let toml = format!(
+        "[core]\ngateways = [{}]\nqualify_s = 0\ngateway_timeout_ms = 400\n\
+         [limits]\nmax_cps = 1000.0\nmax_calls = 100\n\
+         [registrar]\nmin_interval_s = 0\n\
+         {extra}",
+        gws.join(", ")
+    );
+    let server = Server::start(&toml);
+    let api = Api::new(server.admin, ADMIN_TOKEN);
+    api.expect(
+        "POST",
+        "/api/v1/tenants",
+        Some(json!({"name": "acme"})),
+        201,
+    );
+    api.expect(
+        "POST",
+        "/api/v1/trunks",
+        Some(
+            json!({"name": "pbx-trunk", "tenant": "acme", "cidrs": [format!("{TRUNK_IP}/32")],
+                    "destination": format!("sip:{TRUNK_IP}:5999")}),
+        ),
+        201,
+    );
+    api.expect(
+        "POST",
+        "/api/v1/credentials",
+        Some(json!({"username": "alice", "password": PW, "tenant": "acme"})),
+        201,
+    );
+    api.expect(
+        "POST",
+        "/api/v1/numbers",
+        Some(json!({"number": TRUNK_NUMBER, "tenant": "acme", "route": {"trunk": "pbx-trunk"}})),
+        201,
+    );
+    api.expect(
+        "POST",
+        "/api/v1/numbers",
+        Some(
+            json!({"number": ALICE_NUMBER, "tenant": "acme", "route": {"credential": "alice"},
+                    "headers": {"Account": "A-17"}}),
+        ),
+        201,
+    );
+    Setup { server, api }
+}
+
+fn sbc(s: &Setup) -> SocketAddr {
+    s.server.sip
+}
+
+/// Every header line of a message, without the body.
+fn head(m: &str) -> &str {
+    m.split("\r\n\r\n").next().unwrap_or(m)
+}
+
+fn cdrs(s: &Setup, n: usize) -> Vec<serde_json::Value> {
+    let path = s.server.data_dir().join("cdr.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("CDR line is JSON"))
+            .collect();
+        if lines.len() >= n || Instant::now() >= deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// PBX on the trunk sends an INVITE; the gateway receives it. Returns (invite, gateway's view).
+fn trunk_invite(s: &Setup, pbx: &Peer, gw: &Peer, from: &str, to: &str) -> (Outgoing, SipMsg) {
+    let inv = pbx.invite(&format!("sip:{to}@{}", sbc(s)), from, to, "sbc.test", &[]);
+    pbx.send(&inv, sbc(s));
+    let b = gw
+        .recv_request("INVITE", WAIT)
+        .unwrap_or_else(|| panic!("gateway got no INVITE for:\n{}", inv.text));
+    (inv, b)
+}
+
+/// The final response on the PBX side for `inv`.
+fn final_for(pbx: &Peer) -> SipMsg {
+    pbx.recv_response("INVITE", WAIT, |c| c >= 200)
+        .expect("final response to the INVITE")
+}
+
+/// Gateway answers 180 then 200 with SDP; PBX gets both and ACKs; gateway gets the ACK.
+fn answer(s: &Setup, pbx: &Peer, gw: &Peer, inv: &Outgoing, b: &SipMsg) -> SipMsg {
+    gw.reply(b, 100, "Trying", &[], "");
+    gw.reply(b, 180, "Ringing", &[], "");
+    let sdp = common::sip_peer::sdp_offer(gw.addr().ip(), 42000);
+    gw.reply(b, 200, "OK", &[], &sdp);
+    let ringing = pbx
+        .recv_response("INVITE", WAIT, |c| c == 180)
+        .expect("180 relayed to the PBX");
+    assert!(ringing.to_tag().is_some());
+    let ok = final_for(pbx);
+    assert_eq!(ok.code(), Some(200), "{}", ok.raw);
+    pbx.ack_2xx(inv, &ok, sbc(s));
+    gw.recv_request("ACK", WAIT)
+        .expect("ACK relayed to the gateway");
+    ok
+}
+
+#[test]
+fn trunk_call_is_relayed_with_topology_hidden_and_ends_with_caller_bye_and_a_cdr() {
+    let gw = Peer::new();
+    let s = setup_with(&[&gw], "");
+    let pbx = Peer::on(TRUNK_IP);
+    let (inv, b) = trunk_invite(&s, &pbx, &gw, TRUNK_NUMBER, CALLED);
+
+    // The B leg: E.164 to the gateway, caller in From and PAI, sipedge's own identifiers.
+    assert_eq!(
+        b.request_uri(),
+        Some(format!("sip:{CALLED}@{}", gw.addr()).as_str())
+    );
+    assert_eq!(
+        SipMsg::user_of(b.header("To").unwrap()).as_deref(),
+        Some(CALLED)
+    );
+    assert_eq!(
+        SipMsg::user_of(b.header("From").unwrap()).as_deref(),
+        Some(TRUNK_NUMBER)
+    );
+    assert_eq!(
+        SipMsg::user_of(b.header("P-Asserted-Identity").expect("PAI")).as_deref(),
+        Some(TRUNK_NUMBER)
+    );
+    assert_ne!(b.call_id(), inv.call_id, "a new Call-ID on the B leg");
+    assert_ne!(b.from_tag().as_deref(), Some(inv.from_tag.as_str()));
+    assert_eq!(
+        b.headers_all("Via").len(),
+        1,
+        "only sipedge's Via: {}",
+        b.raw
+    );
+    assert!(
+        !head(&b.raw).contains(TRUNK_IP),
+        "no PBX address toward the core:\n{}",
+        b.raw
+    );
+
+    let ok = answer(&s, &pbx, &gw, &inv, &b);
+    assert!(
+        !head(&ok.raw).contains(&gw.addr().to_string()),
+        "no core address toward the PBX:\n{}",
+        ok.raw
+    );
+    assert_eq!(ok.headers_all("Via").len(), 1);
+
+    // The call is listed while up.
+    let (code, calls) = s.server.api_get("/api/v1/calls");
+    assert_eq!(code, 200);
+    let list = calls.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{calls}");
+    assert_eq!(list[0]["direction"], "termination");
+    assert_eq!(list[0]["account"], "pbx-trunk");
+    assert_eq!(list[0]["state"], "answered");
+    assert_eq!(
+        s.server
+            .metric_or_zero("sipedge_calls_active{direction=\"termination\"}"),
+        1.0
+    );
+
+    // Caller hangs up.
+    let bye = pbx.in_dialog_uac("BYE", &inv, &ok, "", sbc(&s));
+    let b_bye = gw.recv_request("BYE", WAIT).expect("BYE relayed");
+    gw.reply(&b_bye, 200, "OK", &[], "");
+    let done = pbx
+        .recv_response("BYE", WAIT, |c| c >= 200)
+        .expect("200 for the BYE");
+    assert_eq!(done.code(), Some(200));
+    assert_eq!(done.top_branch().as_deref(), Some(bye.branch.as_str()));
+
+    let lines = cdrs(&s, 1);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let c = &lines[0];
+    assert_eq!(c["direction"], "termination");
+    assert_eq!(c["account"], "pbx-trunk");
+    assert_eq!(c["tenant"], "acme");
+    assert_eq!(c["from"], TRUNK_NUMBER);
+    assert_eq!(c["to"], CALLED);
+    assert_eq!(c["final_code"], 200);
+    assert_eq!(c["end_reason"], "caller_bye");
+    assert!(c["answer"].is_string());
+    assert_eq!(
+        s.server
+            .metric_or_zero("sipedge_calls_total{direction=\"termination\",result=\"answered\"}"),
+        1.0
+    );
+    assert_eq!(
+        s.server
+            .metric_or_zero("sipedge_calls_active{direction=\"termination\"}"),
+        0.0
+    );
+}
+
+// ---- a registered PBX: digest on INVITE, origination to its binding -----------------------
+
+/// REGISTER -> 401 -> REGISTER with digest -> 200 for `user` from `pbx` (Contact = its socket).
+fn register(s: &Setup, pbx: &Peer, user: &str) {
+    let realm = &s.server.realm;
+    let reg = |cseq: u32, auth: Option<&str>| {
+        let mut t = format!(
+            "REGISTER sip:{realm} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK{b};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{user}@{realm}>;tag=reg{cseq}\r\nTo: <sip:{user}@{realm}>\r\n\
+             Call-ID: reg-{user}@{a}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{a}>\r\nExpires: 300\r\n",
+            a = pbx.addr(),
+            b = rand_token()
+        );
+        if let Some(a) = auth {
+            t.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        t.push_str("Content-Length: 0\r\n\r\n");
+        t
+    };
+    pbx.send_raw(reg(1, None).as_bytes(), sbc(s));
+    let r401 = pbx
+        .recv_response("REGISTER", WAIT, |c| c >= 200)
+        .expect("401");
+    assert_eq!(r401.code(), Some(401), "{}", r401.raw);
+    let ch = Challenge::parse(r401.header("WWW-Authenticate").unwrap()).unwrap();
+    let auth = ch.authorization(user, PW, "REGISTER", &format!("sip:{realm}"), 1, "c1");
+    pbx.send_raw(reg(2, Some(&auth)).as_bytes(), sbc(s));
+    let ok = pbx
+        .recv_response("REGISTER", WAIT, |c| c >= 200)
+        .expect("200");
+    assert_eq!(ok.code(), Some(200), "{}", ok.raw);
+}
+
+/// The INVITE again with credentials answering `challenge` (new branch, CSeq 2).
+fn with_proxy_auth(pbx: &Peer, inv: &Outgoing, challenge: &SipMsg, user: &str) -> Outgoing {
+    let ch = Challenge::parse(
+        challenge
+            .header("Proxy-Authenticate")
+            .expect("Proxy-Authenticate"),
+    )
+    .unwrap();
+    let uri = inv.request_uri().to_string();
+    let auth = ch.authorization(user, PW, "INVITE", &uri, 1, "c2");
+    let branch = format!("z9hG4bK{}", rand_token());
+    let text = inv
+        .text
+        .replace(&inv.branch, &branch)
+        .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+        .replacen(
+            "Max-Forwards: 70\r\n",
+            &format!("Max-Forwards: 70\r\nProxy-Authorization: {auth}\r\n"),
+            1,
+        );
+    let _ = pbx;
+    Outgoing {
+        text,
+        call_id: inv.call_id.clone(),
+        branch,
+        from_tag: inv.from_tag.clone(),
+        cseq: 2,
+    }
+}
+
+#[test]
+fn registered_pbx_is_challenged_407_then_terminates_and_receives_origination_with_x_headers() {
+    let gw = Peer::new();
+    let s = setup_with(&[&gw], "");
+    let pbx = Peer::on(PBX_IP);
+    register(&s, &pbx, "alice");
+
+    // Termination: 407 first (no credentials), then the call goes through.
+    let inv = pbx.invite(
+        &format!("sip:{CALLED}@{}", sbc(&s)),
+        ALICE_NUMBER,
+        CALLED,
+        "sbc.test",
+        &[],
+    );
+    pbx.send(&inv, sbc(&s));
+    let r407 = final_for(&pbx);
+    assert_eq!(r407.code(), Some(407), "{}", r407.raw);
+    assert!(!r407.headers_all("Proxy-Authenticate").is_empty());
+    pbx.ack_non2xx(&inv, &r407, sbc(&s));
+    gw.expect_silence(
+        Duration::from_millis(200),
+        "nothing reaches the core before auth",
+    );
+    let inv2 = with_proxy_auth(&pbx, &inv, &r407, "alice");
+    pbx.send(&inv2, sbc(&s));
+    let b = gw
+        .recv_request("INVITE", WAIT)
+        .expect("authenticated INVITE reaches the core");
+    assert!(
+        b.header("Proxy-Authorization").is_none(),
+        "credentials never leave: {}",
+        b.raw
+    );
+    gw.reply(&b, 486, "Busy Here", &[], "");
+    let busy = final_for(&pbx);
+    assert_eq!(
+        busy.code(),
+        Some(486),
+        "other finals are relayed as they are"
+    );
+    gw.recv_request("ACK", WAIT)
+        .expect("sipedge ACKs the 486 on the B leg");
+
+    // Wrong password: 403, and it is counted.
+    let inv = pbx.invite(
+        &format!("sip:{CALLED}@{}", sbc(&s)),
+        ALICE_NUMBER,
+        CALLED,
+        "sbc.test",
+        &[],
+    );
+    pbx.send(&inv, sbc(&s));
+    let r407 = final_for(&pbx);
+    let ch = Challenge::parse(r407.header("Proxy-Authenticate").unwrap()).unwrap();
+    let bad = ch.authorization("alice", "wrong", "INVITE", inv.request_uri(), 1, "c3");
+    let mut inv3 = with_proxy_auth(&pbx, &inv, &r407, "alice");
+    let good = inv3
+        .text
+        .lines()
+        .find(|l| l.starts_with("Proxy-Authorization"))
+        .unwrap()
+        .to_string();
+    inv3.text = inv3
+        .text
+        .replace(&good, &format!("Proxy-Authorization: {bad}"));
+    pbx.send(&inv3, sbc(&s));
+    assert_eq!(final_for(&pbx).code(), Some(403));
+    assert_eq!(
+        s.server
+            .metric_or_zero("sipedge_calls_rejected_total{reason=\"unknown_source\"}"),
+        1.0
+    );
+
+    // Origination from the core to alice's number: to her binding, with the number's X-header.
+    let inv = gw.invite(
+        &format!("sip:{ALICE_NUMBER}@{}", sbc(&s)),
+        "+12125550100",
+        ALICE_NUMBER,
+        "sbc.test",
+        &[],
+    );
+    gw.send(&inv, sbc(&s));
+    let a = pbx
+        .recv_request("INVITE", WAIT)
+        .expect("origination INVITE at the PBX");
+    assert_eq!(
+        a.request_uri(),
+        Some(format!("sip:alice@{}", pbx.addr()).as_str())
+    );
+    assert_eq!(a.header("X-Account"), Some("A-17"), "{}", a.raw);
+    assert!(
+        !head(&a.raw).contains(&gw.addr().to_string()),
+        "no core address toward the PBX:\n{}",
+        a.raw
+    );
+    pbx.reply(&a, 180, "Ringing", &[], "");
+    let sdp = common::sip_peer::sdp_offer(pbx.addr().ip(), 43000);
+    pbx.reply(&a, 200, "OK", &[], &sdp);
+    let ok = gw
+        .recv_response("INVITE", WAIT, |c| c >= 200)
+        .expect("200 at the core");
+    assert_eq!(ok.code(), Some(200));
+    gw.ack_2xx(&inv, &ok, sbc(&s));
+    pbx.recv_request("ACK", WAIT).expect("ACK at the PBX");
+
+    // The callee (PBX) hangs up this time.
+    pbx.in_dialog_uas("BYE", &a, "", sbc(&s));
+    let bye = gw.recv_request("BYE", WAIT).expect("BYE at the core");
+    gw.reply(&bye, 200, "OK", &[], "");
+    assert_eq!(
+        pbx.recv_response("BYE", WAIT, |c| c >= 200).unwrap().code(),
+        Some(200)
+    );
+    let lines = cdrs(&s, 3);
+    let orig = lines
+        .iter()
+        .find(|c| c["direction"] == "origination")
+        .expect("origination CDR");
+    assert_eq!(orig["account"], format!("alice@{}", s.server.realm));
+    assert_eq!(orig["end_reason"], "callee_bye");
+    assert_eq!(orig["to"], ALICE_NUMBER);
+    let busy = lines
+        .iter()
+        .find(|c| c["final_code"] == 486)
+        .expect("486 CDR");
+    assert_eq!(busy["end_reason"], "failed");
+}
+
+#[test]
+fn origination_refusals_404_unknown_number_and_480_unregistered() {
+    let gw = Peer::new();
+    let s = setup_with(&[&gw], "");
+    let inv = gw.invite(
+        &format!("sip:+15559999999@{}", sbc(&s)),
+        "+12125550100",
+        "+15559999999",
+        "sbc.test",
+        &[],
+    );
+    gw.send(&inv, sbc(&s));
+    assert_eq!(final_for(&gw).code(), Some(404));
+    let inv = gw.invite(
+        &format!("sip:{ALICE_NUMBER}@{}", sbc(&s)),
+        "+12125550100",
+        ALICE_NUMBER,
+        "sbc.test",
+        &[],
+    );
+    gw.send(&inv, sbc(&s));
+    let r = final_for(&gw);
+    assert_eq!(r.code(), Some(480), "{}", r.raw);
+    let lines = cdrs(&s, 2);
+    assert!(
+        lines.iter().all(|c| c["end_reason"] == "rejected"),
+        "{lines:?}"
+    );
+}
+
+// ---- termination refusals --------------------------------------------------------------------
+
+#[test]
+fn termination_refusals_484_403_callerid_and_unknown_source_challenge() {
+    let gw = Peer::new();
+    let s = setup_with(&[&gw], "");
+    let pbx = Peer::on(TRUNK_IP);
+    let inv = pbx.invite(
+        &format!("sip:12ab@{}", sbc(&s)),
+        TRUNK_NUMBER,
+        "12ab",
+        "sbc.test",
+        &[],
+    );
+    pbx.send(&inv, sbc(&s));
+    assert_eq!(final_for(&pbx).code(), Some(484));
+    let inv = pbx.invite(
+        &format!("sip:{CALLED}@{}", sbc(&s)),
+        "+12125550100",
+        CALLED,
+        "sbc.test",
+        &[],
+    );
+    pbx.send(&inv, sbc(&s));
+    let r = final_for(&pbx);
+    assert_eq!(r.code(), Some(403));
+    assert!(
+        r.raw.starts_with("SIP/2.0 403 Caller ID not allowed\r\n"),
+        "{}",
+        r.raw
+    );
+    // The refusal is retransmission-safe: the same INVITE again gets the same answer.
+    pbx.send(&inv, sbc(&s));
+    assert_eq!(final_for(&pbx).raw, r.raw);
+    gw.expect_silence(
+        Duration::from_millis(200),
+        "refused calls never reach the core",
+    );
+
+    // Someone else: 407.
+    let stranger = Peer::on("127.0.0.9");
+    let inv = stranger.invite(
+        &format!("sip:{CALLED}@{}", sbc(&s)),
+        TRUNK_NUMBER,
+        CALLED,
+        "sbc.test",
+        &[],
+    );
+    stranger.send(&inv, sbc(&s));
+    assert_eq!(final_for(&stranger).code(), Some(407));
+    assert_eq!(
+        s.server
+            .metric_or_zero("sipedge_calls_rejected_total{reason=\"number\"}"),
+        1.0
+    );
+    assert_eq!(
+        s.server
+            .metric_or_zero("sipedge_calls_rejected_total{reason=\"callerid\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn limits_503_cps_and_channels() {
+    let gw = Peer::new();
+    let s = setup_with(&[&gw], "");
+    s.api.expect(
+        "PATCH",
+        "/api/v1/trunks/pbx-trunk",
+        Some(json!({"max_cps": 1.0, "max_calls": 1})),
+        200,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let pbx = Peer::on(TRUNK_IP);
+    let (_inv, b) = trunk_invite(&s, &pbx, &gw, TRUNK_NUMBER, CALLED);
+    gw.reply(&b, 180, "Ringing", &[], "");
+    // Second call at once: the CPS bucket (size 1) is empty.
+    let inv = pbx.invite(
+        &format!("sip:{CALLED}@{}", sbc(&s)),
+        TRUNK_NUMBER,
+        CALLED,
+        "sbc.test",
+        &[],
+    );
+    pbx.send(&inv, sbc(&s));
+    let r = pbx.recv_response("INVITE", WAIT, |c| c >= 300).unwrap();
+    assert!(r.raw.starts_with("SIP/2.0 503 CPS limit\r\n"), "{}", r.raw);
+    assert_eq!(r.header("Retry-After"), Some("1"));
+    // A second later a token is back, but the one channel is taken.
+    std::thread::sleep(Duration::from_millis(1100));
+    let inv = pbx.invite(
+        &format!("sip:{CALLED}@{}", sbc(&s)),
+        TRUNK_NUMBER,
+        CALLED,
+        "sbc.test",
+        &[],
+    );
+    pbx.send(&inv, sbc(&s));
+    let r = pbx.recv_response("INVITE", WAIT, |c| c >= 300).unwrap();
+    assert!(
+        r.raw.starts_with("SIP/2.0 503 Channel limit\r\n"),
+        "{}",
+        r.raw
+    );
+    assert_eq!(
+        s.server
+            .metric_or_zero("sipedge_calls_rejected_total{reason=\"cps\"}"),
+        1.0
+    );
+    assert_eq!(
+        s.server
+            .metric_or_zero("sipedge_calls_rejected_total{reason=\"channels\"}"),
+        1.0
+    );
+}
+
+// ---- routing: failover and no route ----------------------------------------------------------
+
+#[test]
+fn failover_when_the_first_gateway_never_answers_then_503_no_route_when_all_fail() {
+    let silent = Peer::new();
+    let gw2 = Peer::new();
+    let s = setup_with(&[&silent, &gw2], "");
+    let pbx = Peer::on(TRUNK_IP);
+    let inv = pbx.invite(
+        &format!("sip:{CALLED}@{}", sbc(&s)),
+        TRUNK_NUMBER,
+        CALLED,
+        "sbc.test",
+        &[],
+    );
+    pbx.send(&inv, sbc(&s));
+    let first = silent
+        .recv_request("INVITE", WAIT)
+        .expect("first choice tried first");
+    // The first gateway says nothing; after gateway_timeout_ms (400) the second gets it.
+    let b = gw2
+        .recv_request("INVITE", WAIT)
+        .expect("failover to the second gateway");
+    assert_ne!(b.call_id(), first.call_id(), "a new B leg");
+    let ok = answer(&s, &pbx, &gw2, &inv, &b);
+    pbx.in_dialog_uac("BYE", &inv, &ok, "", sbc(&s));
+    let bye = gw2.recv_request("BYE", WAIT).unwrap();
+    gw2.reply(&bye, 200, "OK", &[], "");
+
+    // Both fail now: the second answers 503 -> 503 "No route" to the PBX.
+    let inv = pbx.invite(
+        &format!("sip:{CALLED}@{}", sbc(&s)),
+        TRUNK_NUMBER,
+        CALLED,
+        "sbc.test",
+        &[],
+    );
+    pbx.send(&inv, sbc(&s));
+    let b = gw2
+        .recv_request("INVITE", Duration::from_secs(5))
+        .expect("second gateway again");
+    gw2.reply(&b, 503, "Service Unavailable", &[], "");
+    let r = final_for(&pbx);
+    assert!(r.raw.starts_with("SIP/2.0 503 No route\r\n"), "{}", r.raw);
+    assert_eq!(
+        s.server
+            .metric_or_zero("sipedge_calls_rejected_total{reason=\"no_route\"}"),
+        1.0
+    );
+}
+
+// ---- CANCEL, callee BYE, re-INVITE, admin hang-up --------------------------------------------
+
+#[test]
+fn cancel_before_answer_reaches_the_gateway_and_the_caller_gets_487() {
+    let gw = Peer::new();
+    let s = setup_with(&[&gw], "");
+    let pbx = Peer::on(TRUNK_IP);
+    let (inv, b) = trunk_invite(&s, &pbx, &gw, TRUNK_NUMBER, CALLED);
+    gw.reply(&b, 180, "Ringing", &[], "");
+    pbx.recv_response("INVITE", WAIT, |c| c == 180)
+        .expect("180");
+    pbx.cancel(&inv, sbc(&s));
+    let c = gw
+        .recv_request("CANCEL", WAIT)
+        .expect("CANCEL on the B leg");
+    gw.reply(&c, 200, "OK", &[], "");
+    gw.reply(&b, 487, "Request Terminated", &[], "");
+    assert_eq!(
+        pbx.recv_response("CANCEL", WAIT, |c| c >= 200)
+            .unwrap()
+            .code(),
+        Some(200)
+    );
+    let r = final_for(&pbx);
+    assert_eq!(r.code(), Some(487));
+    let lines = cdrs(&s, 1);
+    assert_eq!(lines[0]["end_reason"], "cancel");
+}
+
+#[test]
+fn reinvite_is_relayed_both_ways_and_admin_delete_ends_the_call() {
+    let gw = Peer::new();
+    let s = setup_with(&[&gw], "");
+    let pbx = Peer::on(TRUNK_IP);
+    let (inv, b) = trunk_invite(&s, &pbx, &gw, TRUNK_NUMBER, CALLED);
+    let ok = answer(&s, &pbx, &gw, &inv, &b);
+
+    // re-INVITE from the PBX (hold), answered by the gateway.
+    let hold = common::sip_peer::sdp_offer(pbx.addr().ip(), 40000).replace("sendrecv", "sendonly");
+    pbx.in_dialog_uac("INVITE", &inv, &ok, &hold, sbc(&s));
+    let re = gw
+        .recv_request("INVITE", WAIT)
+        .expect("re-INVITE on the B leg");
+    assert_eq!(re.call_id(), b.call_id());
+    assert!(re.body().contains("sendonly"));
+    gw.reply(
+        &re,
+        200,
+        "OK",
+        &[],
+        &common::sip_peer::sdp_offer(gw.addr().ip(), 42000),
+    );
+    let ok2 = pbx
+        .recv_response("INVITE", WAIT, |c| c >= 200)
+        .expect("re-INVITE answered");
+    assert_eq!(ok2.code(), Some(200));
+
+    // The operator ends it: BYE on both legs, CDR `admin`.
+    let (_, calls) = s.server.api_get("/api/v1/calls");
+    let id = calls[0]["id"].as_str().unwrap().to_string();
+    let r = http_request(
+        s.server.admin,
+        "DELETE",
+        &format!("/api/v1/calls/{id}"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert!(pbx.recv_request("BYE", WAIT).is_some(), "BYE to the PBX");
+    assert!(gw.recv_request("BYE", WAIT).is_some(), "BYE to the gateway");
+    let lines = cdrs(&s, 1);
+    assert_eq!(lines[0]["end_reason"], "admin");
+    let r = http_request(
+        s.server.admin,
+        "DELETE",
+        &format!("/api/v1/calls/{id}"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(r.status, 404);
+}
