@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """One bounded load step (sipp or sipedge-loadgen) with CPU accounting of the system under test.
 
-usage: bench.py --system S --label L --rate R --calls N [--watch PID ...] [--out FILE]
-                [--scrape URL --scrape-at 0.6] -- COMMAND ARGS...
+usage: bench.py --system S --label L --rate R --calls N [--watch PID ...] [--peer PID ...]
+                [--hold S] [--out FILE] [--scrape URL --scrape-at 0.6] -- COMMAND ARGS...
 
 Derived from the reference kit's bench.py (shared/reference), extended for sipedge's perf/:
 - user and system CPU apart: utime and stime are read separately from /proc/PID/stat, summed over
@@ -12,6 +12,11 @@ Derived from the reference kit's bench.py (shared/reference), extended for siped
   stat options are appended) or sipedge-loadgen (its one JSON line is read; give it --rate/--count
   yourself, --rate/--calls here only label the step);
 - the 1-minute load average before the step (the machine is shared);
+- optionally the CPU of peers (--peer, e.g. the sipp UAS of a call benchmark), user and system
+  apart like the SUT's, reported separately (peer_*), and the call hold time (--hold: ok/s is then
+  ok / (wall - hold), as in the reference kit);
+- optionally the kernel's receive-buffer drops on UDP ports (--udp-port, e.g. the SUT's and the
+  UAS's), summed over all sockets bound to the port (the drops column of /proc/net/udp);
 - optionally scrapes a Prometheus endpoint part-way through the step (--scrape-at, a fraction of
   the expected step time) and keeps sipedge_processing_seconds{method="REGISTER"} quantiles.
 The step is bounded by the generator's own limits (sipp -m/-timeout, loadgen --count/--duration);
@@ -50,6 +55,21 @@ def host_idle():
     f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
     # user/system are tick-sampled (under-count on this VM); idle is exact -> busy = ncpu*wall - idle
     return dict(idle=(f[3] + f[4]) / HZ, softirq=f[6] / HZ, steal=f[7] / HZ)
+
+
+def udp_drops(ports):
+    """{port: drops} summed over the IPv4 UDP sockets bound to each port (/proc/net/udp)."""
+    out = {p: 0 for p in ports}
+    try:
+        lines = open("/proc/net/udp").read().splitlines()[1:]
+    except OSError:
+        return out
+    for l in lines:
+        f = l.split()
+        port = int(f[1].split(":")[1], 16)
+        if port in out:
+            out[port] += int(f[-1])
+    return out
 
 
 def loadavg():
@@ -91,6 +111,11 @@ ap.add_argument("--label", required=True)
 ap.add_argument("--rate", type=float, required=True, help="offered rate (0 = flat out)")
 ap.add_argument("--calls", type=int, required=True)
 ap.add_argument("--watch", type=int, action="append", default=[])
+ap.add_argument("--peer", type=int, action="append", default=[],
+                help="other processes (e.g. the sipp UAS) whose CPU is reported apart (peer_*)")
+ap.add_argument("--hold", type=float, default=0, help="call hold time, s: ok/s = ok / (wall - hold)")
+ap.add_argument("--udp-port", type=int, action="append", default=[],
+                help="report datagrams the kernel dropped on this local UDP port during the step")
 ap.add_argument("--out", default="results/bench.jsonl")
 ap.add_argument("--scrape", default="", help="metrics URL to scrape during the step")
 ap.add_argument("--scrape-at", type=float, default=0.6, help="fraction of the expected step time")
@@ -108,6 +133,8 @@ if tool == "sipp":
 
 load0 = loadavg()
 c0 = [tree_cpu(p) for p in a.watch]
+p0 = [tree_cpu(p) for p in a.peer]
+d0 = udp_drops(a.udp_port)
 h0 = host_idle()
 t0 = time.time()
 pr = subprocess.Popen(cmd, stdout=subprocess.PIPE if tool == "loadgen" else subprocess.DEVNULL,
@@ -125,6 +152,8 @@ out_bytes, err_bytes = pr.communicate()
 killer.cancel()
 wall = time.time() - t0
 c1 = [tree_cpu(p) for p in a.watch]
+p1 = [tree_cpu(p) for p in a.peer]
+d1 = udp_drops(a.udp_port)
 h1 = host_idle()
 gen_cpu = None
 if tool == "sipp":
@@ -159,7 +188,7 @@ sut_s = sum(b[1] - x[1] for b, x in zip(c1, c0))
 ncpu = os.cpu_count()
 r = dict(system=a.system, label=a.label, tool=tool, offered_rate=a.rate, calls=a.calls, created=created,
          ok=ok, failed=failed, fail_pct=round(100.0 * (attempted - ok) / attempted, 3) if attempted else None,
-         created_rate=created_rate, ok_per_s=round(ok / max(wall, 1e-9), 1), retrans=retrans,
+         created_rate=created_rate, ok_per_s=round(ok / max(wall - a.hold, 1e-9), 1), retrans=retrans,
          wall_s=round(wall, 2), rc=pr.returncode,
          sut_user_s=round(sut_u, 3), sut_sys_s=round(sut_s, 3),
          sut_cpu_pct=round(100 * (sut_u + sut_s) / wall, 1),
@@ -171,6 +200,15 @@ r = dict(system=a.system, label=a.label, tool=tool, offered_rate=a.rate, calls=a
          host_busy_pct=round(100 * (ncpu - (h1["idle"] - h0["idle"]) / wall), 1),
          host_softirq_pct=round(100 * (h1["softirq"] - h0["softirq"]) / wall, 1),
          load1_before=load0, ncpu=ncpu, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+if a.peer:
+    peer_u = sum(b[0] - x[0] for b, x in zip(p1, p0))
+    peer_s = sum(b[1] - x[1] for b, x in zip(p1, p0))
+    r.update(peer_user_s=round(peer_u, 3), peer_sys_s=round(peer_s, 3),
+             peer_cpu_pct=round(100 * (peer_u + peer_s) / wall, 1))
+if a.hold:
+    r["hold_s"] = a.hold
+if a.udp_port:
+    r["udp_drops"] = {str(p): d1[p] - d0[p] for p in a.udp_port}
 if tool == "loadgen":
     r.update(lat_p50_us=lg["p50_us"], lat_p99_us=lg["p99_us"], lat_p999_us=lg["p999_us"], codes=lg["codes"],
              stale_retries=lg.get("stale", 0), loadgen_sockets=lg["sockets"])

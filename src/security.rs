@@ -3,25 +3,14 @@
 //! Owns: the sans-IO decisions "drop this source?" and "does this failure ban it?". Every worker
 //! keeps its own [`SourceGuard`]: the rate limit is enforced per worker (a source's datagrams
 //! land on one worker by the kernel's 4-tuple hash), and ban *counters* for an IP live on the
-//! worker that owns the IP ([`owner_of`]) so they are exact; the resulting ban is broadcast so
-//! every worker drops the source. Time is unix milliseconds passed in.
+//! one worker that owns the IP (the runtime's claimable directory: the first worker to count a
+//! failure from it) so they are exact; the resulting ban is broadcast so every worker drops the
+//! source. Time is unix milliseconds passed in.
 
 use crate::config::SecurityConfig;
 use crate::fasthash::FastMap;
 use smallvec::SmallVec;
 use std::net::IpAddr;
-
-/// Which worker counts failures for this IP (stable, cheap).
-pub fn owner_of(ip: IpAddr, workers: usize) -> usize {
-    let h = match ip {
-        IpAddr::V4(v4) => u64::from(u32::from(v4)).wrapping_mul(0x9E3779B97F4A7C15),
-        IpAddr::V6(v6) => {
-            let v = u128::from(v6);
-            ((v as u64) ^ ((v >> 64) as u64)).wrapping_mul(0x9E3779B97F4A7C15)
-        }
-    };
-    ((h >> 32) % workers.max(1) as u64) as usize
-}
 
 /// Matches User-Agents against `scanner_user_agents` (lower-cased substrings), case-insensitively
 /// and without allocating; the substring searchers are built once, from the config.
@@ -373,12 +362,5 @@ mod tests {
         assert!(!m.matches(b"Asterisk PBX 20"));
         assert!(!m.matches(b""));
         assert!(!ScannerMatcher::new(&[]).matches(b"sipvicious"));
-    }
-
-    #[test]
-    fn owner_is_stable_and_in_range() {
-        let ip: IpAddr = "198.51.100.7".parse().unwrap();
-        assert_eq!(owner_of(ip, 4), owner_of(ip, 4));
-        assert!(owner_of(ip, 3) < 3);
     }
 }

@@ -78,7 +78,7 @@ fn a_binding_costs_less_than_one_kib() {
         );
     }
     let t0 = 1_800_000_000_000u64;
-    let mut reg = Registrar::new(cfg, NonceKey::from_secret([9; 32]), 0, t0);
+    let mut reg = Registrar::new(cfg, NonceKey::from_secret([9; 32]), t0);
     let mut buf = Vec::with_capacity(2048);
     let before = LIVE.load(Ordering::SeqCst);
     for i in 0..N {

@@ -628,6 +628,17 @@ fn failover_when_the_first_gateway_never_answers_then_503_no_route_when_all_fail
             .metric_or_zero("sipedge_calls_rejected_total{reason=\"no_route\"}"),
         1.0
     );
+    // Counted once (a failover's outputs are settled once).
+    assert_eq!(
+        s.server
+            .metric_or_zero("sipedge_calls_total{direction=\"termination\",result=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(
+        s.server
+            .metric_or_zero("sipedge_calls_active{direction=\"termination\"}"),
+        0.0
+    );
 }
 
 // ---- CANCEL, callee BYE, re-INVITE, admin hang-up --------------------------------------------
@@ -708,4 +719,45 @@ fn reinvite_is_relayed_both_ways_and_admin_delete_ends_the_call() {
         Some(ADMIN_TOKEN),
     );
     assert_eq!(r.status, 404);
+}
+
+#[test]
+fn sigterm_drains_calls_refusing_new_invites_with_503_then_exits_once_they_end() {
+    let gw = Peer::new();
+    let mut s = setup_with(&[&gw], "");
+    let pbx = Peer::on(TRUNK_IP);
+    let (inv, b) = trunk_invite(&s, &pbx, &gw, TRUNK_NUMBER, CALLED);
+    let ok = answer(&s, &pbx, &gw, &inv, &b);
+
+    let pid = s.server.pid().expect("running") as libc::pid_t;
+    // SAFETY: kill(2) on the PID of our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let inv2 = pbx.invite(
+        &format!("sip:{CALLED}@{}", sbc(&s)),
+        TRUNK_NUMBER,
+        CALLED,
+        "sbc.test",
+        &[],
+    );
+    pbx.send(&inv2, sbc(&s));
+    let r = pbx
+        .recv_response("INVITE", WAIT, |c| c >= 300)
+        .expect("an answer while draining");
+    assert_eq!(r.code(), Some(503), "{}", r.raw);
+    assert_eq!(r.header("Retry-After"), Some("30"));
+    assert!(s.server.is_running(), "the call up keeps sipedge running");
+
+    pbx.in_dialog_uac("BYE", &inv, &ok, "", sbc(&s));
+    let bye = gw
+        .recv_request("BYE", WAIT)
+        .expect("BYE relayed while draining");
+    gw.reply(&bye, 200, "OK", &[], "");
+    let status = s.server.terminate();
+    assert!(status.success(), "{status:?}");
+    let lines = cdrs(&s, 1);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["end_reason"], "caller_bye");
 }

@@ -89,7 +89,7 @@ fn answering_registers_does_not_allocate_once_warm() {
         },
     );
     let t0 = 1_800_000_000_000u64;
-    let mut reg = Registrar::new(cfg, NonceKey::from_secret([3; 32]), 0, t0);
+    let mut reg = Registrar::new(cfg, NonceKey::from_secret([3; 32]), t0);
     let mut txns = ServerTransactions::new(100_000, TIMER_J_UDP_MS);
     let hasher = TxnKeyHasher::default();
     let opaque = Opaque(*b"0123456789abcdef");

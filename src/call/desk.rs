@@ -552,38 +552,49 @@ impl Desk {
     }
 
     /// Everything [`Calls`] asked for that concerns routing and capacity; the runtime passes every
-    /// `Out` through here and carries out the rest (sends, CDRs).
+    /// `Out` through here and carries out the rest (sends, CDRs). Failovers add their own outputs
+    /// (settled here too) at the end of `out`.
     pub fn after(&mut self, now: u64, out: &mut Vec<Out>) {
-        let mut i = 0;
-        while i < out.len() {
-            match out[i] {
-                Out::Failed { call, .. } => {
-                    out.swap_remove(i);
-                    self.failover(now, call, out);
-                    continue;
-                }
-                Out::Ended { call } => {
-                    if let Some(r) = self.routes.remove(&call) {
-                        if !r.account.is_empty() {
-                            self.release(&r.account);
-                        }
-                        self.stats.ended(r.direction);
-                    }
-                }
-                // Policy refusals were counted when refused.
-                Out::Cdr(ref rec) if rec.end_reason != EndReason::Rejected => {
-                    self.stats.finished(rec.direction, rec.answer.is_some());
-                }
-                Out::Cdr(_) => {}
-                Out::Send { .. } => {}
+        let mut added = Vec::new();
+        out.retain(|o| match *o {
+            Out::Failed { call, .. } => {
+                added.push(call);
+                false
             }
-            i += 1;
+            _ => true,
+        });
+        for o in out.iter() {
+            self.settle(o);
+        }
+        for call in added {
+            let mut more = Vec::new();
+            self.failover(now, call, &mut more);
+            self.after(now, &mut more);
+            out.append(&mut more);
+        }
+    }
+
+    /// Capacity and counters for one output.
+    fn settle(&mut self, o: &Out) {
+        match o {
+            Out::Ended { call } => {
+                if let Some(r) = self.routes.remove(call) {
+                    if !r.account.is_empty() {
+                        self.release(&r.account);
+                    }
+                    self.stats.ended(r.direction);
+                }
+            }
+            // Policy refusals were counted when refused.
+            Out::Cdr(rec) if rec.end_reason != EndReason::Rejected => {
+                self.stats.finished(rec.direction, rec.answer.is_some());
+            }
+            _ => {}
         }
     }
 
     /// The next gateway for a call whose B leg failed with 408 or 5xx, or 503 "No route".
     fn failover(&mut self, now: u64, call: CallId, out: &mut Vec<Out>) {
-        let mut more = Vec::new();
         let next = self.routes.get_mut(&call).and_then(|r| {
             let gw = r.plan.get(r.next).copied();
             r.next += 1;
@@ -593,20 +604,17 @@ impl Desk {
             Some((g, to)) => {
                 let target = self.gateways.addr(g);
                 let ruri = gateway_ruri(&to, target);
-                if !self.calls.retry(now, call, target, &ruri, &mut more) {
-                    self.calls.give_up(now, call, 503, "No route", &mut more);
+                if !self.calls.retry(now, call, target, &ruri, out) {
+                    self.calls.give_up(now, call, 503, "No route", out);
                 }
             }
             None => {
                 if let Some(r) = self.routes.get(&call) {
                     self.stats.no_route(r.direction);
                 }
-                self.calls.give_up(now, call, 503, "No route", &mut more);
+                self.calls.give_up(now, call, 503, "No route", out);
             }
         }
-        // What retry/give_up produced goes through the same bookkeeping.
-        self.after(now, &mut more);
-        out.append(&mut more);
     }
 
     /// The account an origination INVITE would be charged to — the routed credential's key or

@@ -203,8 +203,6 @@ pub struct DirtyCredential<'a> {
 pub struct Registrar {
     cfg: RegistrarConfig,
     nonce_key: NonceKey,
-    shard: u32,
-    nonce_counter: u16,
     index: FastMap<Box<[u8]>, u32>,
     slots: Vec<CredState>,
     expiry: TimerWheel<u32>,
@@ -214,13 +212,12 @@ pub struct Registrar {
 }
 
 impl Registrar {
-    /// `shard` goes into the nonces this registrar mints, keeping shards' nonces distinct.
-    pub fn new(cfg: RegistrarConfig, nonce_key: NonceKey, shard: u32, now_ms: u64) -> Registrar {
+    /// Every shard's registrar gets a clone of the same `nonce_key` (nonces are verifiable and
+    /// ordered across shards).
+    pub fn new(cfg: RegistrarConfig, nonce_key: NonceKey, now_ms: u64) -> Registrar {
         Registrar {
             cfg,
             nonce_key,
-            shard,
-            nonce_counter: 0,
             index: FastMap::default(),
             slots: Vec::new(),
             expiry: TimerWheel::new(100, 1024, now_ms),
@@ -264,14 +261,11 @@ impl Registrar {
         self.slots.iter().filter(|c| !c.bindings.is_empty())
     }
 
-    /// The salt orders nonces chronologically within their second, across shards:
-    /// 10 bits of milliseconds, 6 bits of shard, 16 bits of counter.
+    /// Nonces order by `(issued second, process-wide mint sequence)`, whichever worker mints
+    /// them (see `NonceKey::next_salt`).
     fn mint_nonce(&mut self, now_ms: u64) -> Nonce {
-        self.nonce_counter = self.nonce_counter.wrapping_add(1);
-        let salt = ((now_ms % 1000) as u32) << 22
-            | (self.shard & 0x3f) << 16
-            | u32::from(self.nonce_counter);
-        self.nonce_key.mint(now_ms / 1000, salt)
+        self.nonce_key
+            .mint(now_ms / 1000, self.nonce_key.next_salt())
     }
 
     /// The algorithms to offer: configured ones the credential has hashes for (all configured

@@ -76,7 +76,7 @@ struct Req<'a> {
 impl Harness {
     fn new(cfg: RegistrarConfig) -> Harness {
         Harness {
-            reg: Registrar::new(cfg, NonceKey::from_secret([7; 32]), 0, T0),
+            reg: Registrar::new(cfg, NonceKey::from_secret([7; 32]), T0),
             snap: snapshot(),
             now: T0,
             cseq: 1,

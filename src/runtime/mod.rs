@@ -102,6 +102,8 @@ impl Peer {
 pub type PersistBatch = Vec<(String, String, Vec<BindingRow>)>;
 
 const HANDOFF_QUEUE: usize = 16 * 1024;
+/// SPEC §5: how long calls may drain after SIGTERM.
+const DRAIN_S: u64 = 30;
 const CONTROL_QUEUE: usize = 64;
 
 /// What the admin thread needs to reach the workers.
@@ -312,16 +314,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let opaque = Arc::new(Opaque(random_hex16()));
 
     let mut registrars: Vec<Registrar> = (0..workers)
-        .map(|i| {
-            Registrar::new(
-                config.registrar.clone(),
-                nonce_key.clone(),
-                i as u32,
-                now_ms,
-            )
-        })
+        .map(|_| Registrar::new(config.registrar.clone(), nonce_key.clone(), now_ms))
         .collect();
     let owners = Arc::new(Owners::new(workers));
+    let ip_owners = Arc::new(Owners::new(workers));
     let mut restored_count = 0usize;
     for row in restored {
         let Ok(ip) = row.source_ip.parse::<IpAddr>() else {
@@ -405,6 +401,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             shared_snapshot: shared_snapshot.clone(),
             opaque: opaque.clone(),
             owners: owners.clone(),
+            ip_owners: ip_owners.clone(),
             desk: crate::call::desk::Desk::new(
                 crate::call::Calls::new(id as u16, local, rand::random()),
                 desk_config.clone(),
@@ -479,6 +476,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("signal {sig}: shutting down");
         break;
     }
+    drain_calls(&shared);
     for p in peers.iter() {
         let _ = p.control.send(Control::Shutdown);
         p.wake();
@@ -496,6 +494,27 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let _ = persister.join();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SPEC §5: new INVITEs get 503 (Retry-After 30) while the calls up finish, for at most 30 s;
+/// the workers then hang up what is left (CDR `shutdown`) as they stop.
+fn drain_calls(shared: &Shared) {
+    for p in shared.peers.iter() {
+        let _ = p.control.send(Control::Drain);
+        p.wake();
+    }
+    let deadline = Instant::now() + std::time::Duration::from_secs(DRAIN_S);
+    let mut up = shared.calls().len();
+    if up > 0 {
+        tracing::info!(calls = up, "draining calls for up to {DRAIN_S} s");
+    }
+    while up > 0 && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        up = shared.calls().len();
+    }
+    if up > 0 {
+        tracing::info!(calls = up, "drain time is over: hanging up the calls left");
+    }
 }
 
 /// Publishes a new snapshot whenever the store changes (a CLI write, later the REST API), so

@@ -11,7 +11,7 @@ use super::{Control, Handoff, Peer, PersistBatch, SecurityEvent};
 use crate::registrar::owners::Owners;
 use crate::registrar::response::{write_answer, write_plain, Opaque};
 use crate::registrar::{self, Answer, Registrar, Transport};
-use crate::security::{self, Ban, SourceGuard};
+use crate::security::{Ban, SourceGuard};
 use crate::sip::headers::{self, RequestHeaders};
 use crate::sip::scan::{self, Header, HeaderName, Message, Method, StartLine};
 use crate::sip::transaction::{ServerTransactions, TxnKeyHasher, TIMER_J_UDP_MS};
@@ -69,6 +69,8 @@ pub struct Worker {
     pub shared_snapshot: Arc<ArcSwap<Snapshot>>,
     pub opaque: Arc<Opaque>,
     pub owners: Arc<Owners>,
+    /// Which worker counts auth failures and throttles of an IP (see `security_event`).
+    pub ip_owners: Arc<Owners>,
     desk: crate::call::desk::Desk,
     core: Arc<crate::routing::classify::CoreSources>,
     cdr: crate::cdr::CdrSender,
@@ -121,6 +123,7 @@ pub struct WorkerParts {
     pub shared_snapshot: Arc<ArcSwap<Snapshot>>,
     pub opaque: Arc<Opaque>,
     pub owners: Arc<Owners>,
+    pub ip_owners: Arc<Owners>,
     pub desk: crate::call::desk::Desk,
     pub core: Arc<crate::routing::classify::CoreSources>,
     pub cdr: crate::cdr::CdrSender,
@@ -151,6 +154,7 @@ impl Worker {
             shared_snapshot: p.shared_snapshot,
             opaque: p.opaque,
             owners: p.owners,
+            ip_owners: p.ip_owners,
             desk: p.desk,
             core: p.core,
             cdr: p.cdr,
@@ -378,6 +382,10 @@ impl Worker {
 
     /// Everything a datagram goes through, in SPEC §3.2's order.
     fn on_datagram(&mut self, data: &[u8], src: SocketAddr, arrived_ns: u64, handed_over: bool) {
+        // A fresh clock per message (vDSO, no syscall): a nonce minted late in a long loop turn,
+        // or after the thread was descheduled, must still order after every nonce minted before
+        // it on any worker (the registrar's nonce-count tracking relies on that order).
+        self.now_ms = unix_now().as_millis() as u64;
         if !handed_over {
             if self.guard.is_banned(src.ip(), self.now_ms) {
                 self.stats.dropped(DropReason::Banned);
@@ -698,7 +706,12 @@ impl Worker {
 
     /// Ban counters live on the IP's owner worker; the ban itself goes to everyone.
     fn security_event(&mut self, ev: SecurityEvent) {
-        let owner = security::owner_of(ev.ip(), self.peers.len());
+        // The first worker to count a failure from this IP owns its counters: a source that keeps
+        // its 4-tuple is counted and banned by the worker it lands on, at once.
+        let owner = match ev.ip() {
+            std::net::IpAddr::V4(v4) => self.ip_owners.owner_or_claim(&v4.octets(), self.id),
+            std::net::IpAddr::V6(v6) => self.ip_owners.owner_or_claim(&v6.octets(), self.id),
+        };
         if owner == self.id {
             self.on_security_event(ev);
         } else if self.peers[owner]

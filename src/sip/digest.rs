@@ -290,6 +290,8 @@ pub struct NonceKey {
     /// HMAC keyed with `secret`, inner/outer pads already absorbed: each mint/check clones it and
     /// hashes 12 bytes (2 SHA-256 blocks instead of 4).
     mac: HmacSha256,
+    /// Shared by every clone (every worker's registrar): salts in minting order, process-wide.
+    sequence: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl NonceKey {
@@ -303,7 +305,20 @@ impl NonceKey {
         let mut block = [0u8; 64];
         block[..32].copy_from_slice(&secret);
         let mac = <HmacSha256 as hmac::digest::KeyInit>::new(&block.into());
-        NonceKey { secret, mac }
+        NonceKey {
+            secret,
+            mac,
+            sequence: Default::default(),
+        }
+    }
+
+    /// The next salt: a process-wide sequence, so `(issued, salt)` orders nonces by when they
+    /// were minted whichever worker minted them (one atomic add per challenge; the registrar's
+    /// nonce-count tracking evicts by that order). It wraps after 2^32 challenges; `issued`
+    /// keeps the order across the wrap except within its one second.
+    pub fn next_salt(&self) -> u32 {
+        self.sequence
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// The secret (for sharing it with other instances).
