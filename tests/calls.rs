@@ -761,3 +761,40 @@ fn sigterm_drains_calls_refusing_new_invites_with_503_then_exits_once_they_end()
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["end_reason"], "caller_bye");
 }
+
+#[test]
+fn a_retransmitted_authenticated_invite_is_absorbed_not_refused_as_a_replay() {
+    let gw = Peer::new();
+    let s = setup_with(&[&gw], "");
+    let pbx = Peer::on(PBX_IP);
+    let inv = pbx.invite(
+        &format!("sip:{CALLED}@{}", sbc(&s)),
+        ALICE_NUMBER,
+        CALLED,
+        "sbc.test",
+        &[],
+    );
+    pbx.send(&inv, sbc(&s));
+    let r407 = final_for(&pbx);
+    pbx.ack_non2xx(&inv, &r407, sbc(&s));
+    let inv2 = with_proxy_auth(&pbx, &inv, &r407, "alice");
+    pbx.send(&inv2, sbc(&s));
+    let b = gw.recv_request("INVITE", WAIT).expect("INVITE at the core");
+    pbx.recv_response("INVITE", WAIT, |c| c == 100)
+        .expect("100 Trying");
+    // The PBX did not hear the 100 in time and sends the very same INVITE again.
+    pbx.send(&inv2, sbc(&s));
+    let again = pbx
+        .recv_response("INVITE", WAIT, |_| true)
+        .expect("an answer to the retransmission");
+    assert_eq!(again.code(), Some(100), "{}", again.raw);
+    gw.reply(
+        &b,
+        200,
+        "OK",
+        &[],
+        &common::sip_peer::sdp_offer(gw.addr().ip(), 42000),
+    );
+    let ok = final_for(&pbx);
+    assert_eq!(ok.code(), Some(200), "{}", ok.raw);
+}

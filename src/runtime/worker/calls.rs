@@ -52,6 +52,20 @@ impl Worker {
             }
             _ => {}
         }
+        // A retransmission of an INVITE that started a call here: the call answers it (before
+        // authentication, whose nonce-count check would take the same credentials for a replay).
+        if self
+            .desk
+            .calls
+            .knows_a(req.call_id, req.from.tag.unwrap_or_default())
+        {
+            let mut outs = std::mem::take(&mut self.outs);
+            self.desk.calls.handle(self.now_ms, src, msg, &mut outs);
+            self.desk.after(self.now_ms, &mut outs);
+            self.carry_out(&mut outs, Method::Invite, arrived_ns);
+            self.outs = outs;
+            return;
+        }
         if self.shutting_down_calls {
             let r = Refusal {
                 code: 503,
