@@ -48,6 +48,9 @@ impl CallId {
     }
 }
 
+/// How long a call may ring (Timer C, RFC 3261 §16.6 step 11: "greater than 3 minutes").
+pub const TIMER_C_MS: u64 = 180_000;
+
 /// What the runtime must do.
 #[derive(Debug)]
 pub enum Out {
@@ -220,6 +223,8 @@ struct Call {
     txns: Vec<Txn>,
     /// B has sent a provisional for the current INVITE (a CANCEL may go out).
     b_provisional: bool,
+    /// Ringing gives up at this instant (Timer C, from B's first provisional; 0 = not ringing).
+    ring_until: u64,
     /// A CANCEL waits for B's first provisional (RFC 3261 §9.1).
     cancel_pending: bool,
     answered: bool,
@@ -476,6 +481,7 @@ impl Calls {
             tmpl,
             txns: Vec::with_capacity(2),
             b_provisional: false,
+            ring_until: 0,
             cancel_pending: false,
             answered: false,
             awaiting_retry: false,
@@ -778,6 +784,9 @@ impl Calls {
         let mut next = None;
         for t in &c.txns {
             next = min_opt(next, t.next_timeout());
+        }
+        if c.ring_until > 0 && !c.answered && !c.ended {
+            next = min_opt(next, Some(c.ring_until));
         }
         if c.ended && c.linger_until > now {
             next = min_opt(next, Some(c.linger_until));
@@ -1083,6 +1092,9 @@ fn on_response(
         ClientAction::Deliver => {
             if code < 200 {
                 if initial {
+                    if !c.b_provisional {
+                        c.ring_until = now + TIMER_C_MS;
+                    }
                     c.b_provisional = true;
                     if c.cancel_pending {
                         cancel_b(ctx, c, now, out);
@@ -1417,6 +1429,17 @@ fn on_ack(
 }
 
 fn on_timer(ctx: &mut Ctx, c: &mut Call, now: u64, out: &mut Vec<Out>) {
+    if c.ring_until > 0 && now >= c.ring_until && !c.answered && !c.ended {
+        //= https://www.rfc-editor.org/rfc/rfc3261#section-16.8
+        //# If timer C should fire, the proxy MUST either reset the timer with any value it
+        //# chooses, or terminate the client transaction.
+        // (A B2BUA's ringing limit, applied like a proxy's Timer C: CANCEL the callee, 408 to
+        // the caller, CDR `failed`.)
+        c.ring_until = 0;
+        answer_initial(c, now, 408, b"Request Timeout", out);
+        cancel_b(ctx, c, now, out);
+        end(c, now, 408, EndReason::Failed, out);
+    }
     let mut i = 0;
     while i < c.txns.len() {
         let (to, initial) = (c.txns[i].to, c.txns[i].initial);

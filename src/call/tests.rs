@@ -786,6 +786,35 @@ fn a_silent_gateway_is_given_up_after_the_gateway_timeout_but_a_trying_one_is_no
 }
 
 #[test]
+fn ringing_too_long_cancels_the_callee_and_answers_408() {
+    let mut h = Harness::new();
+    let (_, sends) = h.start_with(&a_invite("z9hG4bKa1", 70), true);
+    let b_invite = sends[1].1.clone();
+    h.feed(
+        addr(B_GW),
+        &respond(&b_invite, 180, Some("g1"), "<sip:gw@198.51.100.20>", ""),
+    );
+    let sends = h.advance(1_000 + TIMER_C_MS - 1);
+    assert!(
+        sends.iter().all(|(_, s)| !s.starts_with("CANCEL")),
+        "not before Timer C"
+    );
+    let sends = h.advance(1_000 + TIMER_C_MS);
+    assert!(
+        sends
+            .iter()
+            .any(|(to, s)| *to == addr(B_GW) && s.starts_with("CANCEL ")),
+        "{sends:?}"
+    );
+    assert!(sends
+        .iter()
+        .any(|(to, s)| *to == addr(A_SRC) && s.starts_with("SIP/2.0 408 ")));
+    assert_eq!(h.cdrs.len(), 1);
+    assert_eq!(h.cdrs[0].final_code, 408);
+    assert_eq!(h.cdrs[0].end_reason, EndReason::Failed);
+}
+
+#[test]
 fn timer_b_without_failover_answers_408() {
     let mut h = Harness::new();
     h.start_with(&a_invite("z9hG4bKa1", 70), false);
