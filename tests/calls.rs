@@ -30,6 +30,11 @@ struct Setup {
 }
 
 fn setup_with(gateways: &[&Peer], extra: &str) -> Setup {
+    setup_qualify(gateways, 0, extra)
+}
+
+/// Like `setup_with`, with `core.qualify_s`.
+fn setup_qualify(gateways: &[&Peer], qualify_s: u32, extra: &str) -> Setup {
     let gws: Vec<String> = gateways
         .iter()
         .enumerate()
@@ -42,7 +47,7 @@ fn setup_with(gateways: &[&Peer], extra: &str) -> Setup {
         })
         .collect();
     let toml = format!(
-        "[core]\ngateways = [{}]\nqualify_s = 0\ngateway_timeout_ms = 400\n\
+        "[core]\ngateways = [{}]\nqualify_s = {qualify_s}\ngateway_timeout_ms = 400\n\
          [limits]\nmax_cps = 1000.0\nmax_calls = 100\n\
          [registrar]\nmin_interval_s = 0\n\
          {extra}",
@@ -797,4 +802,118 @@ fn a_retransmitted_authenticated_invite_is_absorbed_not_refused_as_a_replay() {
     );
     let ok = final_for(&pbx);
     assert_eq!(ok.code(), Some(200), "{}", ok.raw);
+}
+
+#[test]
+fn origination_to_a_trunk_destination_and_to_a_uri_template() {
+    let gw = Peer::new();
+    let s = setup_with(&[&gw], "");
+    let trunk = Peer::on(TRUNK_IP);
+    s.api.expect(
+        "PATCH",
+        "/api/v1/trunks/pbx-trunk",
+        Some(json!({"destination": format!("sip:{}", trunk.addr())})),
+        200,
+    );
+    let far = Peer::on("127.0.0.4");
+    s.api.expect(
+        "POST",
+        "/api/v1/numbers",
+        Some(json!({"number": "+15551230009", "tenant": "acme",
+                    "route": {"uri": format!("sip:{{number}}@{}", far.addr())}})),
+        201,
+    );
+    // To the trunk.
+    let inv = gw.invite(
+        &format!("sip:{TRUNK_NUMBER}@{}", sbc(&s)),
+        "+12125550100",
+        TRUNK_NUMBER,
+        "sbc.test",
+        &[],
+    );
+    gw.send(&inv, sbc(&s));
+    let a = trunk
+        .recv_request("INVITE", WAIT)
+        .expect("INVITE at the trunk");
+    assert_eq!(
+        a.request_uri(),
+        Some(format!("sip:{}", trunk.addr()).as_str())
+    );
+    trunk.reply(&a, 486, "Busy Here", &[], "");
+    assert_eq!(final_for(&gw).code(), Some(486));
+    // To the URI template, {number} replaced by the E.164 number.
+    let inv = gw.invite(
+        &format!("sip:+15551230009@{}", sbc(&s)),
+        "+12125550100",
+        "+15551230009",
+        "sbc.test",
+        &[],
+    );
+    gw.send(&inv, sbc(&s));
+    let u = far
+        .recv_request("INVITE", WAIT)
+        .expect("INVITE at the URI route");
+    assert_eq!(
+        u.request_uri(),
+        Some(format!("sip:+15551230009@{}", far.addr()).as_str())
+    );
+    far.reply(&u, 603, "Decline", &[], "");
+    assert_eq!(final_for(&gw).code(), Some(603));
+}
+
+#[test]
+fn qualify_marks_a_silent_gateway_down_so_calls_skip_it_and_up_again_when_it_answers() {
+    let gw1 = Peer::new();
+    let gw2 = Peer::new();
+    let s = setup_qualify(&[&gw1, &gw2], 1, "");
+    // Both are pinged; only the second answers.
+    let ping = gw2
+        .recv_request("OPTIONS", WAIT)
+        .expect("OPTIONS to gateway 2");
+    gw2.reply(&ping, 200, "OK", &[], "");
+    gw1.recv_request("OPTIONS", WAIT)
+        .expect("OPTIONS to gateway 1");
+    // Unanswered for the qualify interval: down. Keep gateway 2 up meanwhile.
+    let deadline = Instant::now() + Duration::from_millis(1600);
+    while Instant::now() < deadline {
+        if let Some(p) = gw2.recv_request("OPTIONS", Duration::from_millis(100)) {
+            gw2.reply(&p, 200, "OK", &[], "");
+        }
+    }
+    let pbx = Peer::on(TRUNK_IP);
+    let inv = pbx.invite(
+        &format!("sip:{CALLED}@{}", sbc(&s)),
+        TRUNK_NUMBER,
+        CALLED,
+        "sbc.test",
+        &[],
+    );
+    pbx.send(&inv, sbc(&s));
+    let b = gw2
+        .recv_request("INVITE", Duration::from_millis(300))
+        .expect("straight to gateway 2, without waiting for gateway 1's timeout");
+    assert!(
+        gw1.recv_request("INVITE", Duration::from_millis(100))
+            .is_none(),
+        "a gateway marked down is skipped"
+    );
+    gw2.reply(&b, 480, "Temporarily Unavailable", &[], "");
+    assert_eq!(final_for(&pbx).code(), Some(480));
+
+    // Gateway 1 answers its next ping: up again, first choice again.
+    let p = gw1
+        .recv_request("OPTIONS", Duration::from_secs(3))
+        .expect("next ping");
+    gw1.reply(&p, 200, "OK", &[], "");
+    std::thread::sleep(Duration::from_millis(300));
+    let inv = pbx.invite(
+        &format!("sip:{CALLED}@{}", sbc(&s)),
+        TRUNK_NUMBER,
+        CALLED,
+        "sbc.test",
+        &[],
+    );
+    pbx.send(&inv, sbc(&s));
+    gw1.recv_request("INVITE", WAIT)
+        .expect("gateway 1 is routed to again");
 }
