@@ -200,8 +200,8 @@ fn trunk_call_is_relayed_with_topology_hidden_and_ends_with_caller_bye_and_a_cdr
     assert_eq!(ok.headers_all("Via").len(), 1);
 
     // The call is listed while up.
-    let (code, calls) = s.server.api_get("/api/v1/calls");
-    assert_eq!(code, 200);
+    // Api::expect also holds the answer to openapi.json's Call schema.
+    let calls = s.api.expect("GET", "/api/v1/calls", None, 200);
     let list = calls.as_array().unwrap();
     assert_eq!(list.len(), 1, "{calls}");
     assert_eq!(list[0]["direction"], "termination");
@@ -704,26 +704,16 @@ fn reinvite_is_relayed_both_ways_and_admin_delete_ends_the_call() {
     assert_eq!(ok2.code(), Some(200));
 
     // The operator ends it: BYE on both legs, CDR `admin`.
-    let (_, calls) = s.server.api_get("/api/v1/calls");
+    let calls = s.api.expect("GET", "/api/v1/calls", None, 200);
     let id = calls[0]["id"].as_str().unwrap().to_string();
-    let r = http_request(
-        s.server.admin,
-        "DELETE",
-        &format!("/api/v1/calls/{id}"),
-        Some(ADMIN_TOKEN),
-    );
-    assert_eq!(r.status, 204, "{}", r.body);
+    s.api
+        .expect("DELETE", &format!("/api/v1/calls/{id}"), None, 204);
     assert!(pbx.recv_request("BYE", WAIT).is_some(), "BYE to the PBX");
     assert!(gw.recv_request("BYE", WAIT).is_some(), "BYE to the gateway");
     let lines = cdrs(&s, 1);
     assert_eq!(lines[0]["end_reason"], "admin");
-    let r = http_request(
-        s.server.admin,
-        "DELETE",
-        &format!("/api/v1/calls/{id}"),
-        Some(ADMIN_TOKEN),
-    );
-    assert_eq!(r.status, 404);
+    s.api
+        .expect("DELETE", &format!("/api/v1/calls/{id}"), None, 404);
 }
 
 #[test]
