@@ -244,6 +244,23 @@ fn trunk_call_is_relayed_with_topology_hidden_and_ends_with_caller_bye_and_a_cdr
             .metric_or_zero("sipedge_calls_active{direction=\"termination\"}"),
         0.0
     );
+    // The gateway answered the call's worker on its own core-facing port: nothing of this call
+    // crossed between workers.
+    let text = s.server.metrics();
+    assert_eq!(
+        metric_sum(&text, "sipedge_worker_handoffs_total"),
+        0.0,
+        "{text}"
+    );
+    assert_ne!(b.from.port(), 0);
+    assert!(
+        b.header("Via")
+            .unwrap()
+            .contains(&format!("127.0.0.1:{}", b.from.port())),
+        "the B leg's Via names the port it was sent from: {}",
+        b.raw
+    );
+    assert_ne!(b.from, sbc(&s), "B legs leave from the worker's own port");
 }
 
 // ---- a registered PBX: digest on INVITE, origination to its binding -----------------------

@@ -11,7 +11,7 @@
 //! call's route state (gateway plan and position, account). Must not: touch sockets, clocks or
 //! other shards.
 
-use super::{CallId, CallParams, Calls, Out};
+use super::{CallId, CallParams, Calls, Out, Port};
 use crate::cdr::{CallRecord, Direction, EndReason};
 use crate::config::{Config, LimitsConfig};
 use crate::fasthash::FastMap;
@@ -184,6 +184,7 @@ impl Desk {
         &mut self,
         now: u64,
         src: SocketAddr,
+        arrived: Port,
         msg: &Message<'m>,
         req: &RequestHeaders<'m>,
         caller: Caller<'_>,
@@ -195,16 +196,17 @@ impl Desk {
             .calls
             .knows_a(req.call_id, req.from.tag.unwrap_or_default())
         {
-            self.calls.handle(now, src, msg, out);
+            self.calls.handle(now, src, arrived, msg, out);
             return Ok(None);
         }
         match caller {
-            Caller::Core => self.originate(now, src, msg, req, snap, bindings, out),
+            Caller::Core => self.originate(now, src, arrived, msg, req, snap, bindings, out),
             Caller::Credential { key, cred } => {
                 let account = Account::name_of_credential(cred);
                 self.terminate(
                     now,
                     src,
+                    arrived,
                     msg,
                     req,
                     snap,
@@ -225,6 +227,7 @@ impl Desk {
                 self.terminate(
                     now,
                     src,
+                    arrived,
                     msg,
                     req,
                     snap,
@@ -245,6 +248,7 @@ impl Desk {
         &mut self,
         now: u64,
         src: SocketAddr,
+        arrived: Port,
         msg: &Message<'m>,
         req: &RequestHeaders<'m>,
         snap: &Snapshot,
@@ -336,7 +340,7 @@ impl Desk {
             account,
             failover: true,
         };
-        match self.calls.start(now, src, msg, req, &p, out) {
+        match self.calls.start(now, src, arrived, msg, req, &p, out) {
             Some(id) => {
                 self.routes.insert(
                     id,
@@ -365,6 +369,7 @@ impl Desk {
         &mut self,
         now: u64,
         src: SocketAddr,
+        arrived: Port,
         msg: &Message<'m>,
         req: &RequestHeaders<'m>,
         snap: &Snapshot,
@@ -477,7 +482,7 @@ impl Desk {
             account: &account,
             failover: false,
         };
-        match self.calls.start(now, src, msg, req, &p, out) {
+        match self.calls.start(now, src, arrived, msg, req, &p, out) {
             Some(id) => {
                 self.routes.insert(
                     id,

@@ -51,11 +51,30 @@ impl CallId {
 /// How long a call may ring (Timer C, RFC 3261 §16.6 step 11: "greater than 3 minutes").
 pub const TIMER_C_MS: u64 = 180_000;
 
+/// Which of the worker's sockets a message goes out of (and came in on).
+///
+/// `Main` is the shared SIP port (SO_REUSEPORT, the one PBXs register with and send to). `Core`
+/// is the worker's own port for legs facing the carrier core: its address is in those legs' Via
+/// and Contact, so the core's responses and in-dialog requests come back to the worker that owns
+/// the call instead of wherever the core's 4-tuple hashes on the shared port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    Main,
+    Core,
+}
+
+/// An address and the socket to reach it from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dest {
+    pub addr: SocketAddr,
+    pub port: Port,
+}
+
 /// What the runtime must do.
 #[derive(Debug)]
 pub enum Out {
-    /// Send these bytes over UDP to `to`.
-    Send { to: SocketAddr, bytes: Vec<u8> },
+    /// Send these bytes over UDP to `to.addr`, from socket `to.port`.
+    Send { to: Dest, bytes: Vec<u8> },
     /// The call's one CDR (SPEC §3.7).
     Cdr(CallRecord),
     /// The call ended: its capacity (limits, media) may be freed. Emitted with the CDR.
@@ -127,8 +146,10 @@ struct Leg {
     remote_tag: Vec<u8>,
     /// Request-URI of in-dialog requests (the remote Contact once known).
     target_uri: Vec<u8>,
-    /// Where requests on this leg go.
-    dest: SocketAddr,
+    /// Where requests on this leg go, and from which socket.
+    dest: Dest,
+    /// sipedge's address on this leg (Via, Contact, From/PAI host).
+    me: SocketAddr,
     cseq: u32,
 }
 
@@ -139,7 +160,8 @@ struct Origin {
     method: Method,
     cseq: u32,
     lines: Vec<u8>,
-    dest: SocketAddr,
+    /// Where responses go: the request's Via, from the socket it came in on.
+    dest: Dest,
     /// INVITEs only: retransmission of the final response until the ACK.
     ist: Option<InviteServerTransaction>,
     /// The last response sent (resent on a retransmitted request).
@@ -240,6 +262,8 @@ struct Call {
 struct Ctx {
     shard: u16,
     local: SocketAddr,
+    /// This worker's core-facing address (see [`Port::Core`]).
+    core_local: SocketAddr,
     rng: u64,
     /// Failover calls: a gateway silent this long after the INVITE is given up (0 = Timer B).
     gateway_timeout_ms: u64,
@@ -316,13 +340,15 @@ fn a_key(key: &mut Vec<u8>, call_id: &[u8], tag: &[u8]) {
 }
 
 impl Calls {
-    /// `local` is sipedge's advertised signalling address (Via, Contact, From/PAI host); `seed`
-    /// seeds the identifier generator (the runtime passes OS randomness, tests a constant).
-    pub fn new(shard: u16, local: SocketAddr, seed: u64) -> Calls {
+    /// `local` is sipedge's advertised signalling address (Via, Contact, From/PAI host) on the
+    /// shared port, `core_local` the worker's own core-facing one ([`Port::Core`]); `seed` seeds
+    /// the identifier generator (the runtime passes OS randomness, tests a constant).
+    pub fn new(shard: u16, local: SocketAddr, core_local: SocketAddr, seed: u64) -> Calls {
         Calls {
             ctx: Ctx {
                 shard,
                 local,
+                core_local,
                 rng: seed | 1,
                 gateway_timeout_ms: 0,
             },
@@ -359,10 +385,12 @@ impl Calls {
     /// answers `100 Trying` on the A leg and sends the B-leg INVITE. Returns the call, or None
     /// when the INVITE was answered here without a call (a retransmission of a known INVITE, or
     /// `483` for Max-Forwards 0, which also writes the attempt's CDR).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         &mut self,
         now: u64,
         a_src: SocketAddr,
+        arrived: Port,
         invite: &Message<'_>,
         req: &RequestHeaders<'_>,
         p: &CallParams<'_>,
@@ -370,10 +398,25 @@ impl Calls {
     ) -> Option<CallId> {
         let a_tag = req.from.tag.unwrap_or_default();
         if self.knows_a(req.call_id, a_tag) {
-            self.handle(now, a_src, invite, out);
+            self.handle(now, a_src, arrived, invite, out);
             return None;
         }
-        let resp_dest = response_destination(a_src, &req.via);
+        let resp_dest = Dest {
+            addr: response_destination(a_src, &req.via),
+            port: arrived,
+        };
+        // The leg toward the carrier core uses this worker's own port; the PBX-facing one the
+        // shared port (the one the PBX registered with: its NAT lets only that in).
+        let (a_side, b_side) = match p.direction {
+            Direction::Termination => (
+                (self.ctx.local, Port::Main),
+                (self.ctx.core_local, Port::Core),
+            ),
+            Direction::Origination => (
+                (self.ctx.core_local, Port::Core),
+                (self.ctx.local, Port::Main),
+            ),
+        };
         let local_a_tag = self.ctx.mint();
         let lines = wire::response_lines(invite, a_src, &local_a_tag);
         let record = CallRecord {
@@ -437,7 +480,11 @@ impl Calls {
                 .to_vec(),
             remote_tag: a_tag.to_vec(),
             target_uri: a_target,
-            dest: a_src,
+            dest: Dest {
+                addr: a_src,
+                port: a_side.1,
+            },
+            me: a_side.0,
             cseq: 1,
         };
 
@@ -449,12 +496,20 @@ impl Calls {
         let tmpl = InviteTemplate {
             from_user: p.from_user.to_owned(),
             to_user: p.to_user.to_owned(),
-            asserted: p.asserted_user.map(|u| wire::name_addr(u, self.ctx.local)),
+            asserted: p.asserted_user.map(|u| wire::name_addr(u, b_side.0)),
             max_forwards,
             headers,
             body: invite.body.to_vec(),
         };
-        let b = self.new_b_leg(p.target, p.b_request_uri.as_bytes(), &tmpl);
+        let b = self.new_b_leg(
+            Dest {
+                addr: p.target,
+                port: b_side.1,
+            },
+            b_side.0,
+            p.b_request_uri.as_bytes(),
+            &tmpl,
+        );
 
         // 100 Trying at once (RFC 3261 §17.2.1: the TU will not answer within 200 ms).
         let mut trying = Vec::with_capacity(256);
@@ -510,16 +565,23 @@ impl Calls {
         Some(id)
     }
 
-    fn new_b_leg(&mut self, target: SocketAddr, request_uri: &[u8], tmpl: &InviteTemplate) -> Leg {
+    fn new_b_leg(
+        &mut self,
+        target: Dest,
+        me: SocketAddr,
+        request_uri: &[u8],
+        tmpl: &InviteTemplate,
+    ) -> Leg {
         let tag = self.ctx.mint();
         Leg {
             call_id: self.ctx.mint(),
-            local: wire::with_tag(&wire::name_addr(&tmpl.from_user, self.ctx.local), &tag),
+            local: wire::with_tag(&wire::name_addr(&tmpl.from_user, me), &tag),
             local_tag: tag,
-            remote: wire::name_addr(&tmpl.to_user, target),
+            remote: wire::name_addr(&tmpl.to_user, target.addr),
             remote_tag: Vec::new(),
             target_uri: request_uri.to_vec(),
             dest: target,
+            me,
             cseq: 1,
         }
     }
@@ -533,7 +595,7 @@ impl Calls {
             &mut bytes,
             b"INVITE",
             &b.target_uri,
-            self.ctx.local,
+            b.me,
             &branch,
             call.tmpl.max_forwards,
             &b.local,
@@ -541,7 +603,7 @@ impl Calls {
             &b.call_id,
             b.cseq,
         );
-        wire::push_contact(&mut bytes, self.ctx.local);
+        wire::push_contact(&mut bytes, b.me);
         if let Some(pai) = &call.tmpl.asserted {
             crate::sip::write::header(&mut bytes, b"P-Asserted-Identity", pai);
         }
@@ -584,7 +646,12 @@ impl Calls {
             return false;
         }
         self.by_b.remove(&c.b.call_id);
-        c.b = self.new_b_leg(target, b_request_uri.as_bytes(), &c.tmpl);
+        let dest = Dest {
+            addr: target,
+            port: c.b.dest.port,
+        };
+        let me = c.b.me;
+        c.b = self.new_b_leg(dest, me, b_request_uri.as_bytes(), &c.tmpl);
         self.by_b.insert(c.b.call_id.clone(), call);
         c.awaiting_retry = false;
         c.b_provisional = false;
@@ -646,7 +713,7 @@ impl Calls {
             end(c, now, code, reason, out);
         } else {
             answer_initial(c, now, 487, b"Request Terminated", out);
-            cancel_b(&mut self.ctx, c, now, out);
+            cancel_b(c, now, out);
             end(c, now, 487, reason, out);
         }
         self.settle(now, call, false);
@@ -681,6 +748,7 @@ impl Calls {
         &mut self,
         now: u64,
         src: SocketAddr,
+        arrived: Port,
         msg: &Message<'_>,
         out: &mut Vec<Out>,
     ) -> bool {
@@ -707,6 +775,10 @@ impl Calls {
                 };
                 let Some(c) = self.calls.get_mut(&id) else {
                     return false;
+                };
+                let src = Dest {
+                    addr: src,
+                    port: arrived,
                 };
                 on_request(&mut self.ctx, c, now, side, src, msg, &rq, out);
                 id
@@ -853,7 +925,7 @@ fn answer_initial(c: &mut Call, now: u64, code: u16, phrase: &[u8], out: &mut Ve
 }
 
 /// CANCEL toward the callee for the pending INVITE, or once its first provisional arrives.
-fn cancel_b(ctx: &mut Ctx, c: &mut Call, now: u64, out: &mut Vec<Out>) {
+fn cancel_b(c: &mut Call, now: u64, out: &mut Vec<Out>) {
     let Some(t) = c.txns.iter().find(|t| t.initial) else {
         return;
     };
@@ -873,9 +945,9 @@ fn cancel_b(ctx: &mut Ctx, c: &mut Call, now: u64, out: &mut Vec<Out>) {
     let (branch, cseq, ruri) = (t.branch.clone(), t.cseq, t.request_uri.clone());
     let b = &c.b;
     let mut bytes = Vec::with_capacity(384);
-    let to = wire::name_addr(&c.tmpl.to_user, b.dest);
+    let to = wire::name_addr(&c.tmpl.to_user, b.dest.addr);
     wire::request_start(
-        &mut bytes, b"CANCEL", &ruri, ctx.local, &branch, 70, &b.local, &to, &b.call_id, cseq,
+        &mut bytes, b"CANCEL", &ruri, b.me, &branch, 70, &b.local, &to, &b.call_id, cseq,
     );
     wire::finish_body(&mut bytes, b"");
     out.push(Out::Send {
@@ -907,7 +979,7 @@ fn send_own(ctx: &mut Ctx, c: &mut Call, now: u64, side: Side, method: Method, o
         &mut bytes,
         method.as_str().as_bytes(),
         &l.target_uri,
-        ctx.local,
+        l.me,
         &branch,
         70,
         &l.local,
@@ -945,7 +1017,7 @@ fn ack_2xx(ctx: &mut Ctx, c: &mut Call, side: Side, cseq: u32, body: &[u8]) -> V
         &mut bytes,
         b"ACK",
         &l.target_uri,
-        ctx.local,
+        l.me,
         &branch,
         70,
         &l.local,
@@ -962,7 +1034,7 @@ fn ack_2xx(ctx: &mut Ctx, c: &mut Call, side: Side, cseq: u32, body: &[u8]) -> V
 
 /// The ACK for a 300-699 (RFC 3261 §17.1.1.3): same branch and Request-URI as the INVITE, the
 /// response's To.
-fn ack_error(ctx: &Ctx, c: &Call, t: &Txn, msg: &Message<'_>) -> Vec<u8> {
+fn ack_error(c: &Call, t: &Txn, msg: &Message<'_>) -> Vec<u8> {
     let l = match t.to {
         Side::A => &c.a,
         Side::B => &c.b,
@@ -975,7 +1047,7 @@ fn ack_error(ctx: &Ctx, c: &Call, t: &Txn, msg: &Message<'_>) -> Vec<u8> {
         &mut bytes,
         b"ACK",
         &t.request_uri,
-        ctx.local,
+        l.me,
         &t.branch,
         70,
         &l.local,
@@ -1004,7 +1076,6 @@ fn learn_remote(c: &mut Call, side: Side, msg: &Message<'_>, rh: &ResponseHeader
 
 /// Relays a response from leg `to` back to the request's origin.
 fn relay_response(
-    ctx: &Ctx,
     c: &mut Call,
     ti: usize,
     code: u16,
@@ -1017,6 +1088,7 @@ fn relay_response(
         None => return,
     };
     let body = relay_sdp(c, from, msg.body).to_vec();
+    let me = leg(c, from.other()).me;
     let Some(o) = c.txns.get_mut(ti).and_then(|t| t.origin.as_mut()) else {
         return;
     };
@@ -1025,7 +1097,7 @@ fn relay_response(
         StartLine::Request { .. } => b"",
     };
     // Topology hiding: sipedge's Contact replaces the far end's on dialog-forming answers.
-    let contact = (code < 300).then_some(ctx.local);
+    let contact = (code < 300).then_some(me);
     o.last = wire::response(code, phrase, &o.lines, contact, Some(msg), &body);
     out.push(Out::Send {
         to: o.dest,
@@ -1075,7 +1147,7 @@ fn on_response(
             }
         }
         ClientAction::AckAndDeliver { first } => {
-            let ack = ack_error(ctx, c, &c.txns[ti], msg);
+            let ack = ack_error(c, &c.txns[ti], msg);
             out.push(Out::Send {
                 to: leg(c, side).dest,
                 bytes: ack,
@@ -1084,9 +1156,9 @@ fn on_response(
                 return;
             }
             if initial {
-                initial_failed(ctx, c, now, code, Some(msg), out);
+                initial_failed(c, now, code, Some(msg), out);
             } else {
-                relay_response(ctx, c, ti, code, now, msg, out);
+                relay_response(c, ti, code, now, msg, out);
             }
         }
         ClientAction::Deliver => {
@@ -1097,7 +1169,7 @@ fn on_response(
                     }
                     c.b_provisional = true;
                     if c.cancel_pending {
-                        cancel_b(ctx, c, now, out);
+                        cancel_b(c, now, out);
                     }
                 }
                 if code == 100 || c.ended {
@@ -1106,14 +1178,14 @@ fn on_response(
                 if initial {
                     learn_remote(c, side, msg, rh);
                 }
-                relay_response(ctx, c, ti, code, now, msg, out);
+                relay_response(c, ti, code, now, msg, out);
                 return;
             }
             if is_invite {
                 learn_remote(c, side, msg, rh);
             }
             if !initial {
-                relay_response(ctx, c, ti, code, now, msg, out);
+                relay_response(c, ti, code, now, msg, out);
                 return;
             }
             if c.ended || c.awaiting_retry {
@@ -1135,7 +1207,7 @@ fn on_response(
             c.answered = true;
             c.record.answer = Some(now);
             c.record.final_code = code;
-            relay_response(ctx, c, ti, code, now, msg, out);
+            relay_response(c, ti, code, now, msg, out);
         }
         ClientAction::Retransmit | ClientAction::TimedOut | ClientAction::Terminated => {}
     }
@@ -1143,7 +1215,6 @@ fn on_response(
 
 /// The B leg's INVITE failed with `code` (None msg: Timer B).
 fn initial_failed(
-    ctx: &Ctx,
     c: &mut Call,
     now: u64,
     code: u16,
@@ -1161,7 +1232,7 @@ fn initial_failed(
     match msg {
         Some(msg) => {
             if let Some(ti) = c.txns.iter().position(|t| t.initial) {
-                relay_response(ctx, c, ti, code, now, msg, out);
+                relay_response(c, ti, code, now, msg, out);
             }
         }
         None => answer_initial(c, now, code, reason(code).as_bytes(), out),
@@ -1175,7 +1246,7 @@ fn on_request(
     c: &mut Call,
     now: u64,
     side: Side,
-    src: SocketAddr,
+    src: Dest,
     msg: &Message<'_>,
     rq: &RequestHeaders<'_>,
     out: &mut Vec<Out>,
@@ -1189,7 +1260,10 @@ fn on_request(
         _ => {}
     }
     let branch = rq.via.branch.unwrap_or_default();
-    let dest = response_destination(src, &rq.via);
+    let dest = Dest {
+        addr: response_destination(src.addr, &rq.via),
+        port: src.port,
+    };
     if rq.method == Method::Ack {
         on_ack(ctx, c, now, side, rq, msg, out);
         return;
@@ -1216,7 +1290,7 @@ fn on_request(
         }
     }
     let simple = |code: u16, phrase: &[u8], out: &mut Vec<Out>| {
-        let lines = wire::response_lines(msg, src, b"");
+        let lines = wire::response_lines(msg, src.addr, b"");
         out.push(Out::Send {
             to: dest,
             bytes: wire::response(code, phrase, &lines, None, None, b""),
@@ -1245,7 +1319,7 @@ fn on_request(
                 return;
             }
             answer_initial(c, now, 487, b"Request Terminated", out);
-            cancel_b(ctx, c, now, out);
+            cancel_b(c, now, out);
             end(c, now, 487, EndReason::Cancel, out);
         }
         Method::Bye => {
@@ -1263,7 +1337,7 @@ fn on_request(
                 end(c, now, code, reason, out);
             } else if side == Side::A {
                 answer_initial(c, now, 487, b"Request Terminated", out);
-                cancel_b(ctx, c, now, out);
+                cancel_b(c, now, out);
                 end(c, now, 487, reason, out);
             } else {
                 answer_initial(c, now, 480, b"Temporarily Unavailable", out);
@@ -1280,13 +1354,16 @@ fn relay_request(
     c: &mut Call,
     now: u64,
     side: Side,
-    src: SocketAddr,
+    src: Dest,
     msg: &Message<'_>,
     rq: &RequestHeaders<'_>,
     out: &mut Vec<Out>,
 ) {
-    let lines = wire::response_lines(msg, src, b"");
-    let dest = response_destination(src, &rq.via);
+    let lines = wire::response_lines(msg, src.addr, b"");
+    let dest = Dest {
+        addr: response_destination(src.addr, &rq.via),
+        port: src.port,
+    };
     let to_side = side.other();
     if c.ended || leg(c, to_side).remote_tag.is_empty() {
         out.push(Out::Send {
@@ -1437,7 +1514,7 @@ fn on_timer(ctx: &mut Ctx, c: &mut Call, now: u64, out: &mut Vec<Out>) {
         // the caller, CDR `failed`.)
         c.ring_until = 0;
         answer_initial(c, now, 408, b"Request Timeout", out);
-        cancel_b(ctx, c, now, out);
+        cancel_b(c, now, out);
         end(c, now, 408, EndReason::Failed, out);
     }
     let mut i = 0;
@@ -1455,7 +1532,7 @@ fn on_timer(ctx: &mut Ctx, c: &mut Call, now: u64, out: &mut Vec<Out>) {
                     //# fires, the client transaction SHOULD inform the TU that a timeout has
                     //# occurred.
                     if initial {
-                        initial_failed(ctx, c, now, 408, None, out);
+                        initial_failed(c, now, 408, None, out);
                     } else if let Some(o) = c.txns[i].origin.as_mut() {
                         if o.final_at.is_none() {
                             o.last =

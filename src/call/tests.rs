@@ -8,6 +8,8 @@ const A_SRC: &str = "192.0.2.10:40000";
 const B_GW: &str = "198.51.100.20:5060";
 const B_GW2: &str = "198.51.100.21:5060";
 const LOCAL: &str = "203.0.113.1:5060";
+/// The worker's own core-facing port.
+const CORE_LOCAL: &str = "203.0.113.1:40007";
 const SDP_A: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
 const SDP_B: &str = "v=0\r\no=- 2 2 IN IP4 198.51.100.20\r\ns=-\r\nc=IN IP4 198.51.100.20\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
 
@@ -129,17 +131,20 @@ struct Harness {
     cdrs: Vec<CallRecord>,
     failed: Vec<(CallId, u16)>,
     ended: Vec<CallId>,
+    /// Every message with the socket it went out of.
+    ports: Vec<(Dest, String)>,
 }
 
 impl Harness {
     fn new() -> Harness {
         Harness {
-            calls: Calls::new(7, addr(LOCAL), 12345),
+            calls: Calls::new(7, addr(LOCAL), addr(CORE_LOCAL), 12345),
             now: 1_000,
             sent: Vec::new(),
             cdrs: Vec::new(),
             failed: Vec::new(),
             ended: Vec::new(),
+            ports: Vec::new(),
         }
     }
 
@@ -162,7 +167,8 @@ impl Harness {
                             }
                         }
                     }
-                    sends.push((to, s));
+                    self.ports.push((to, s.clone()));
+                    sends.push((to.addr, s));
                 }
                 Out::Cdr(r) => self.cdrs.push(r),
                 Out::Failed { call, code } => self.failed.push((call, code)),
@@ -196,7 +202,7 @@ impl Harness {
         let mut out = Vec::new();
         let id = self
             .calls
-            .start(self.now, addr(A_SRC), &m, &rq, &p, &mut out);
+            .start(self.now, addr(A_SRC), Port::Main, &m, &rq, &p, &mut out);
         (id, self.take(out))
     }
 
@@ -211,7 +217,13 @@ impl Harness {
     fn feed(&mut self, src: SocketAddr, msg: &str) -> Vec<(SocketAddr, String)> {
         let m = scan(msg.as_bytes()).unwrap();
         let mut out = Vec::new();
-        self.calls.handle(self.now, src, &m, &mut out);
+        // The B side talks to the core port, the A side to the shared one.
+        let port = if src == addr(A_SRC) {
+            Port::Main
+        } else {
+            Port::Core
+        };
+        self.calls.handle(self.now, src, port, &m, &mut out);
         self.take(out)
     }
 
@@ -330,21 +342,22 @@ fn b_req(method: &str, branch: &str, cseq: u32, b_invite: &str, body: &str) -> S
 
 #[test]
 fn b_leg_invite_is_rewritten() {
-    let (_h, _id, b_invite, a_ok) = answered();
+    let (h, _id, b_invite, a_ok) = answered();
     assert!(b_invite.starts_with("INVITE sip:+4930123456@198.51.100.20:5060 SIP/2.0\r\n"));
     let via = hv(&b_invite, "Via");
     assert!(
-        via.starts_with("SIP/2.0/UDP 203.0.113.1:5060;branch=z9hG4bK"),
+        via.starts_with("SIP/2.0/UDP 203.0.113.1:40007;branch=z9hG4bK"),
         "{via}"
     );
     assert_eq!(hv(&b_invite, "Max-Forwards"), "69");
-    assert!(hv(&b_invite, "From").starts_with("<sip:+15551230000@203.0.113.1:5060>;tag=7-"));
+    // The core-facing leg carries the worker's own port; the PBX-facing one the shared port.
+    assert!(hv(&b_invite, "From").starts_with("<sip:+15551230000@203.0.113.1:40007>;tag=7-"));
     assert_eq!(hv(&b_invite, "To"), "<sip:+4930123456@198.51.100.20:5060>");
     assert_eq!(
         hv(&b_invite, "P-Asserted-Identity"),
-        "<sip:+15551230000@203.0.113.1:5060>"
+        "<sip:+15551230000@203.0.113.1:40007>"
     );
-    assert_eq!(hv(&b_invite, "Contact"), "<sip:sipedge@203.0.113.1:5060>");
+    assert_eq!(hv(&b_invite, "Contact"), "<sip:sipedge@203.0.113.1:40007>");
     assert_eq!(hv(&b_invite, "CSeq"), "1 INVITE");
     assert_eq!(hv(&b_invite, "X-Account-Code"), "42");
     assert_eq!(hv(&b_invite, "X-Number-Tag"), "gold");
@@ -360,6 +373,14 @@ fn b_leg_invite_is_rewritten() {
     assert_eq!(hv(&a_ok, "CSeq"), "1 INVITE");
     assert!(hv(&a_ok, "Via").contains("received=192.0.2.10;rport=40000"));
     assert!(a_ok.ends_with(SDP_B));
+    for (to, msg) in &h.ports {
+        let want = if to.addr == addr(A_SRC) {
+            Port::Main
+        } else {
+            Port::Core
+        };
+        assert_eq!(to.port, want, "{msg}");
+    }
 }
 
 #[test]
@@ -922,8 +943,8 @@ fn garbage_and_strangers_are_ignored() {
     for n in &noise {
         if let Ok(m) = scan(n.as_bytes()) {
             let mut out = Vec::new();
-            h.calls.handle(h.now, addr(A_SRC), &m, &mut out);
-            h.calls.handle(h.now, addr(B_GW), &m, &mut out);
+            h.calls.handle(h.now, addr(A_SRC), Port::Main, &m, &mut out);
+            h.calls.handle(h.now, addr(B_GW), Port::Core, &m, &mut out);
             assert!(out.is_empty(), "{n} -> {out:?}");
         }
     }
@@ -937,7 +958,7 @@ fn garbage_and_strangers_are_ignored() {
         for cut in 0..msg.len() {
             if let Ok(m) = scan(&msg.as_bytes()[..cut]) {
                 let mut out = Vec::new();
-                h.calls.handle(h.now, addr(A_SRC), &m, &mut out);
+                h.calls.handle(h.now, addr(A_SRC), Port::Main, &m, &mut out);
             }
         }
     }
@@ -970,7 +991,7 @@ fn shard_is_in_minted_identifiers() {
     ] {
         assert_eq!(shard_of_call_id(bad), None, "{bad:?}");
     }
-    let mut c = Calls::new(513, addr(LOCAL), 1);
+    let mut c = Calls::new(513, addr(LOCAL), addr(CORE_LOCAL), 1);
     let mut ids = std::collections::HashSet::new();
     for _ in 0..1000 {
         let m = c.ctx.mint();

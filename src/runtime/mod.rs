@@ -67,6 +67,8 @@ pub enum Handoff {
         src: SocketAddr,
         arrived_ns: u64,
         from: usize,
+        /// The socket it came in on.
+        port: crate::call::Port,
     },
     /// Counted by the IP's owner worker.
     Security(SecurityEvent),
@@ -289,10 +291,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let sip_addr =
         udp::probe_port(sip_addr).with_context(|| format!("cannot bind udp {sip_addr}"))?;
     let mut sockets = Vec::with_capacity(workers);
+    let mut core_sockets = Vec::with_capacity(workers);
     for _ in 0..workers {
         sockets.push(
             udp::bind_reuseport(sip_addr).with_context(|| format!("cannot bind udp {sip_addr}"))?,
         );
+        let own = udp::bind_own(sip_addr.ip()).with_context(|| {
+            format!(
+                "cannot bind a worker's core-facing udp port on {}",
+                sip_addr.ip()
+            )
+        })?;
+        let port = own.local_addr()?.port();
+        core_sockets.push((own, port));
     }
     let gateways = crate::routing::gateways::Gateways::new(&config.core.gateways)
         .map_err(|e| anyhow!("{e}"))?;
@@ -381,15 +392,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let desk_config = crate::call::desk::DeskConfig::new(&config);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles: Vec<JoinHandle<()>> = Vec::with_capacity(workers);
-    for (id, ((socket, poll), ((handoff_rx, control_rx, returns_rx), registrar))) in sockets
+    let parts = sockets
         .into_iter()
+        .zip(core_sockets)
         .zip(polls)
-        .zip(receivers.into_iter().zip(registrars))
-        .enumerate()
+        .zip(receivers.into_iter().zip(registrars));
+    for (id, (((socket, (core_socket, core_port)), poll), (channels, registrar))) in
+        parts.enumerate()
     {
+        let (handoff_rx, control_rx, returns_rx) = channels;
+        let core_local = SocketAddr::new(local.ip(), core_port);
         let w = Worker::new(WorkerParts {
             id,
             socket,
+            core_socket,
             poll,
             peers: peers.clone(),
             handoff_rx,
@@ -403,7 +419,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             owners: owners.clone(),
             ip_owners: ip_owners.clone(),
             desk: crate::call::desk::Desk::new(
-                crate::call::Calls::new(id as u16, local, rand::random()),
+                crate::call::Calls::new(id as u16, local, core_local, rand::random()),
                 desk_config.clone(),
                 gateways.clone(),
                 rand::random(),

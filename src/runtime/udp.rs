@@ -249,9 +249,19 @@ impl SendBatch {
 /// A UDP socket bound with SO_REUSEPORT (one per worker on the same address), non-blocking,
 /// with large buffers and receive timestamps.
 pub fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    bind(addr, true)
+}
+
+/// A worker's own UDP socket on `ip` and an ephemeral port (its core-facing port, see
+/// `call::Port::Core`), set up like the shared ones.
+pub fn bind_own(ip: std::net::IpAddr) -> io::Result<std::net::UdpSocket> {
+    bind(SocketAddr::new(ip, 0), false)
+}
+
+fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    sock.set_reuse_port(true)?;
+    sock.set_reuse_port(reuse_port)?;
     sock.set_nonblocking(true)?;
     // Best effort: the kernel caps these at net.core.{r,w}mem_max (see tuning.md).
     let _ = sock.set_recv_buffer_size(8 << 20);

@@ -8,6 +8,7 @@
 
 use super::udp::{RecvBatch, SendBatch, SendMeta};
 use super::{Control, Handoff, Peer, PersistBatch, SecurityEvent};
+use crate::call::Port;
 use crate::registrar::owners::Owners;
 use crate::registrar::response::{write_answer, write_plain, Opaque};
 use crate::registrar::{self, Answer, Registrar, Transport};
@@ -33,6 +34,7 @@ mod calls;
 
 pub const SOCKET: Token = Token(0);
 pub const WAKER: Token = Token(1);
+pub const CORE_SOCKET: Token = Token(2);
 
 /// Recipes of answers kept for retransmissions (see `sip::transaction`).
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +61,8 @@ pub struct Worker {
     pub id: usize,
     pub poll: Poll,
     pub socket: mio::net::UdpSocket,
+    /// This worker's own port for legs facing the core (`call::Port::Core`).
+    core_socket: mio::net::UdpSocket,
     pub peers: Arc<Vec<Peer>>,
     pub handoff_rx: Receiver<Handoff>,
     pub control_rx: Receiver<Control>,
@@ -92,6 +96,9 @@ pub struct Worker {
     hasher: TxnKeyHasher,
     stats: WorkerStats,
     tx: SendBatch,
+    tx_core: SendBatch,
+    /// The socket the datagram being handled came in on (answers go out of the same one).
+    arrived: Port,
     out: Vec<u8>,
     pool: Vec<Vec<u8>>,
     wake_pending: u64,
@@ -112,6 +119,7 @@ pub fn unix_now() -> Duration {
 pub struct WorkerParts {
     pub id: usize,
     pub socket: std::net::UdpSocket,
+    pub core_socket: std::net::UdpSocket,
     pub poll: Poll,
     pub peers: Arc<Vec<Peer>>,
     pub handoff_rx: Receiver<Handoff>,
@@ -138,12 +146,17 @@ impl Worker {
         p.poll
             .registry()
             .register(&mut socket, SOCKET, Interest::READABLE)?;
+        let mut core_socket = mio::net::UdpSocket::from_std(p.core_socket);
+        p.poll
+            .registry()
+            .register(&mut core_socket, CORE_SOCKET, Interest::READABLE)?;
         let now_ms = unix_now().as_millis() as u64;
         let snap = p.shared_snapshot.load_full();
         Ok(Worker {
             id: p.id,
             poll: p.poll,
             socket,
+            core_socket,
             peers: p.peers,
             handoff_rx: p.handoff_rx,
             control_rx: p.control_rx,
@@ -171,6 +184,8 @@ impl Worker {
             hasher: TxnKeyHasher::default(),
             stats: WorkerStats::new(p.id),
             tx: SendBatch::new(),
+            tx_core: SendBatch::new(),
+            arrived: Port::Main,
             out: Vec::with_capacity(4096),
             pool: Vec::new(),
             wake_pending: 0,
@@ -194,7 +209,9 @@ impl Worker {
                 break;
             }
             let more_handoffs = self.drain_handoffs();
-            let more_socket = self.drain_socket(&mut rx);
+            let more_socket = self.drain_socket(&mut rx, Port::Main);
+            let more_core = self.drain_socket(&mut rx, Port::Core);
+            let more_socket = more_socket || more_core;
             self.flush();
             // Timer J: a bounded slice per turn, so a busy worker never stalls on a backlog.
             let more_txns = self.txns.expire_some(self.now_ms, MAX_TXN_EXPIRY_PER_TURN);
@@ -312,7 +329,9 @@ impl Worker {
                     src,
                     arrived_ns,
                     from,
+                    port,
                 } => {
+                    self.arrived = port;
                     self.on_datagram(&data, src, arrived_ns, true);
                     // Give the buffer back to the worker that filled it.
                     let _ = self.peers[from].returns.try_send(data);
@@ -323,15 +342,18 @@ impl Worker {
                     self.guard.lift_ban(ip);
                 }
             }
-            if self.tx.is_full() {
+            if self.tx.is_full() || self.tx_core.is_full() {
                 self.flush();
             }
         }
         true
     }
 
-    fn drain_socket(&mut self, rx: &mut RecvBatch) -> bool {
-        let fd = self.socket.as_raw_fd();
+    fn drain_socket(&mut self, rx: &mut RecvBatch, which: Port) -> bool {
+        let fd = match which {
+            Port::Main => self.socket.as_raw_fd(),
+            Port::Core => self.core_socket.as_raw_fd(),
+        };
         for _ in 0..MAX_RECV_BATCHES_PER_TURN {
             match rx.recv(fd) {
                 Ok(0) => {
@@ -347,6 +369,7 @@ impl Worker {
                                 self.stats.messages += 1;
                                 self.stats.malformed += 1;
                             } else {
+                                self.arrived = which;
                                 self.on_datagram(
                                     d.data,
                                     src,
@@ -355,11 +378,13 @@ impl Worker {
                                 );
                             }
                         }
-                        if self.tx.is_full() {
+                        if self.tx.is_full() || self.tx_core.is_full() {
                             self.flush();
                         }
                     }
-                    self.backlogged = n == super::udp::BATCH;
+                    if which == Port::Main {
+                        self.backlogged = n == super::udp::BATCH;
+                    }
                     // Hand-offs wait for no more than one receive batch of our own.
                     self.drain_handoffs();
                     if n < super::udp::BATCH {
@@ -642,24 +667,43 @@ impl Worker {
     /// Queues `self.out` to `dest` (see `write::response_destination`).
     fn send(&mut self, dest: SocketAddr, method: Method, arrived_ns: u64, code: u16) {
         self.stats.response(code);
-        if self.tx.is_full() {
+        let out = std::mem::take(&mut self.out);
+        self.push_send(&out, dest, self.arrived, SendMeta { method, arrived_ns });
+        self.out = out;
+    }
+
+    /// Queues a datagram on the batch of socket `port`, flushing first if that batch is full.
+    fn push_send(&mut self, bytes: &[u8], dest: SocketAddr, port: Port, meta: SendMeta) {
+        let full = match port {
+            Port::Main => self.tx.is_full(),
+            Port::Core => self.tx_core.is_full(),
+        };
+        if full {
             self.flush();
         }
-        self.tx
-            .push(&self.out, dest, SendMeta { method, arrived_ns });
+        match port {
+            Port::Main => self.tx.push(bytes, dest, meta),
+            Port::Core => self.tx_core.push(bytes, dest, meta),
+        }
     }
 
     fn flush(&mut self) {
-        if !self.tx.is_empty() {
-            let fd = self.socket.as_raw_fd();
-            let f = self.tx.flush(fd);
+        for port in [Port::Main, Port::Core] {
+            let (tx, fd) = match port {
+                Port::Main => (&mut self.tx, self.socket.as_raw_fd()),
+                Port::Core => (&mut self.tx_core, self.core_socket.as_raw_fd()),
+            };
+            if tx.is_empty() {
+                continue;
+            }
+            let f = tx.flush(fd);
             let dropped = f.dropped;
             let now_ns = unix_now().as_nanos() as u64;
             for m in f.meta {
                 self.stats
                     .processing(m.method, now_ns.saturating_sub(m.arrived_ns));
             }
-            self.tx.clear_meta();
+            tx.clear_meta();
             for _ in 0..dropped {
                 self.stats.dropped(DropReason::Overload);
             }
@@ -681,6 +725,7 @@ impl Worker {
             src,
             arrived_ns,
             from: self.id,
+            port: self.arrived,
         }) {
             Ok(()) => {
                 self.stats.handoffs += 1;

@@ -60,7 +60,9 @@ impl Worker {
             .knows_a(req.call_id, req.from.tag.unwrap_or_default())
         {
             let mut outs = std::mem::take(&mut self.outs);
-            self.desk.calls.handle(self.now_ms, src, msg, &mut outs);
+            self.desk
+                .calls
+                .handle(self.now_ms, src, self.arrived, msg, &mut outs);
             self.desk.after(self.now_ms, &mut outs);
             self.carry_out(&mut outs, Method::Invite, arrived_ns);
             self.outs = outs;
@@ -179,6 +181,7 @@ impl Worker {
         let admitted = self.desk.admit(
             self.now_ms,
             src,
+            self.arrived,
             msg,
             req,
             caller,
@@ -219,7 +222,10 @@ impl Worker {
             }
         }
         let mut outs = std::mem::take(&mut self.outs);
-        let known = self.desk.calls.handle(self.now_ms, src, msg, &mut outs);
+        let known = self
+            .desk
+            .calls
+            .handle(self.now_ms, src, self.arrived, msg, &mut outs);
         self.desk.after(self.now_ms, &mut outs);
         self.carry_out(&mut outs, method, arrived_ns);
         self.outs = outs;
@@ -256,7 +262,9 @@ impl Worker {
             return;
         }
         let mut outs = std::mem::take(&mut self.outs);
-        self.desk.calls.handle(self.now_ms, src, msg, &mut outs);
+        self.desk
+            .calls
+            .handle(self.now_ms, src, self.arrived, msg, &mut outs);
         self.desk.after(self.now_ms, &mut outs);
         self.carry_out(&mut outs, rh.cseq.method, arrived_ns);
         self.outs = outs;
@@ -268,11 +276,12 @@ impl Worker {
         for o in outs.drain(..) {
             match o {
                 Out::Send { to, bytes } => {
-                    if self.tx.is_full() {
-                        self.flush();
-                    }
-                    self.tx
-                        .push(&bytes, to, super::SendMeta { method, arrived_ns });
+                    self.push_send(
+                        &bytes,
+                        to.addr,
+                        to.port,
+                        super::SendMeta { method, arrived_ns },
+                    );
                 }
                 Out::Cdr(rec) => {
                     if self.cdr.send(rec).is_err() {
@@ -335,12 +344,10 @@ impl Worker {
              Call-ID: qualify-{i}-{n:x}\r\nCSeq: {n} OPTIONS\r\nContent-Length: 0\r\n\r\n",
             n = n + 1
         );
-        if self.tx.is_full() {
-            self.flush();
-        }
-        self.tx.push(
+        self.push_send(
             &b,
             gw,
+            crate::call::Port::Main,
             super::SendMeta {
                 method: Method::Options,
                 arrived_ns: unix_ns(),
