@@ -305,6 +305,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let port = own.local_addr()?.port();
         core_sockets.push((own, port));
     }
+    let core_ports = core_sockets
+        .iter()
+        .map(|(_, p)| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let gateways = crate::routing::gateways::Gateways::new(&config.core.gateways)
         .map_err(|e| anyhow!("{e}"))?;
     let core_sources = Arc::new(
@@ -475,7 +480,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     });
     let admin = crate::admin::spawn(admin_listener, shared.clone())?;
 
-    tracing::info!("ready sip=udp:{sip_addr} admin={admin_addr} workers={workers} bindings_restored={restored_count}");
+    tracing::info!("ready sip=udp:{sip_addr} admin={admin_addr} workers={workers} bindings_restored={restored_count} core_ports={core_ports}");
 
     // --- wait for a signal ---
     let mut signals = signal_hook::iterator::Signals::new([
