@@ -201,6 +201,10 @@ impl Worker {
         let mut events = Events::with_capacity(64);
         let me = self.peers[self.id].clone();
         let mut rx = RecvBatch::new();
+        // mio registrations are edge-triggered: a socket is read until a receive batch comes back
+        // short (then its queue was empty), and again only once `poll` reports it readable. An
+        // idle socket thus costs no `recvmmsg` per loop turn.
+        let (mut main_ready, mut core_ready) = (true, true);
         loop {
             self.now_ms = unix_now().as_millis() as u64;
             self.refresh_snapshot();
@@ -209,9 +213,13 @@ impl Worker {
                 break;
             }
             let more_handoffs = self.drain_handoffs();
-            let more_socket = self.drain_socket(&mut rx, Port::Main);
-            let more_core = self.drain_socket(&mut rx, Port::Core);
-            let more_socket = more_socket || more_core;
+            if main_ready {
+                main_ready = self.drain_socket(&mut rx, Port::Main);
+            }
+            if core_ready {
+                core_ready = self.drain_socket(&mut rx, Port::Core);
+            }
+            let more_socket = main_ready || core_ready;
             self.flush();
             // Timer J: a bounded slice per turn, so a busy worker never stalls on a backlog.
             let more_txns = self.txns.expire_some(self.now_ms, MAX_TXN_EXPIRY_PER_TURN);
@@ -237,6 +245,15 @@ impl Worker {
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(worker = self.id, "poll failed: {e}");
+                }
+                // Unknown readiness: read both sockets on the next turn.
+                (main_ready, core_ready) = (true, true);
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    SOCKET => main_ready = true,
+                    CORE_SOCKET => core_ready = true,
+                    _ => {}
                 }
             }
             me.parked.store(false, Ordering::SeqCst);
