@@ -296,8 +296,7 @@ impl Desk {
                 out,
             ));
         }
-        let limits = self.account(key, provisioned, now);
-        if let Err(why) = limits.check(now) {
+        if let Err(why) = self.with_account(key, provisioned, now, |l| l.check(now)) {
             let refusal = match why {
                 LimitRejection::Cps => Refusal {
                     code: 503,
@@ -451,7 +450,7 @@ impl Desk {
             ));
         };
         if !key.is_empty() {
-            if let Err(why) = self.account(&key, provisioned, now).check_inbound() {
+            if let Err(why) = self.with_account(&key, provisioned, now, |l| l.check_inbound()) {
                 let rec = attempt(now, dir, tenant, &account, &from, &to);
                 let metric = match why {
                     LimitRejection::Cps => RejectMetric::Cps,
@@ -506,33 +505,37 @@ impl Desk {
         }
     }
 
-    /// The limits of `key`, created from its provisioned values (or the `[limits]` defaults) on
-    /// first use and adjusted when provisioning changed them.
-    fn account(
+    /// Runs `f` on the limits of `key`, created from its provisioned values (or the `[limits]`
+    /// defaults) on first use and adjusted when provisioning changed them.
+    fn with_account<R>(
         &mut self,
         key: &[u8],
         (max_calls, max_cps): (Option<u32>, Option<f64>),
         now: u64,
-    ) -> &mut AccountLimits {
+        f: impl FnOnce(&mut AccountLimits) -> R,
+    ) -> R {
         let max_calls = max_calls.unwrap_or(self.cfg.defaults.max_calls);
         let max_cps = max_cps.unwrap_or(self.cfg.defaults.max_cps);
-        if !self.accounts.contains_key(key) {
-            self.accounts.insert(
-                key.into(),
-                Account {
+        match self.accounts.get_mut(key) {
+            Some(a) => {
+                if a.max_calls != max_calls || a.max_cps != max_cps {
+                    a.limits.reconfigure(max_calls, max_cps, now);
+                    a.max_calls = max_calls;
+                    a.max_cps = max_cps;
+                }
+                f(&mut a.limits)
+            }
+            None => {
+                let mut a = Account {
                     limits: AccountLimits::new(max_calls, max_cps),
                     max_calls,
                     max_cps,
-                },
-            );
+                };
+                let r = f(&mut a.limits);
+                self.accounts.insert(key.into(), a);
+                r
+            }
         }
-        let a = self.accounts.get_mut(key).expect("inserted above");
-        if a.max_calls != max_calls || a.max_cps != max_cps {
-            a.limits.reconfigure(max_calls, max_cps, now);
-            a.max_calls = max_calls;
-            a.max_cps = max_cps;
-        }
-        &mut a.limits
     }
 
     fn release(&mut self, key: &[u8]) {
