@@ -204,6 +204,10 @@ pub struct Registrar {
     cfg: RegistrarConfig,
     nonce_key: NonceKey,
     index: FastMap<Box<[u8]>, u32>,
+    /// `owners` slot -> this shard's credential states in it (a slot moves as a whole).
+    by_slot: FastMap<u16, SmallVec<[u32; 1]>>,
+    /// States given away (`take_slot`), reused by the next new credential.
+    free: Vec<u32>,
     slots: Vec<CredState>,
     expiry: TimerWheel<u32>,
     expired_scratch: Vec<u32>,
@@ -219,6 +223,8 @@ impl Registrar {
             cfg,
             nonce_key,
             index: FastMap::default(),
+            by_slot: FastMap::default(),
+            free: Vec::new(),
             slots: Vec::new(),
             expiry: TimerWheel::new(100, 1024, now_ms),
             expired_scratch: Vec::new(),
@@ -590,10 +596,66 @@ impl Registrar {
     }
 
     fn insert_state(&mut self, state: CredState) -> usize {
-        let slot = self.slots.len();
-        self.index.insert(state.key.clone(), slot as u32);
-        self.slots.push(state);
+        let owner_slot = owners::slot_of(&state.key) as u16;
+        let key = state.key.clone();
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = state;
+                i as usize
+            }
+            None => {
+                self.slots.push(state);
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(key, slot as u32);
+        self.by_slot
+            .entry(owner_slot)
+            .or_default()
+            .push(slot as u32);
         slot
+    }
+
+    /// Takes every credential state of `owners` slot `owner_slot` out of this shard, to hand
+    /// them to the worker the slot moves to ([`Registrar::adopt`]). Their bindings stay in the
+    /// store; a change not yet persisted travels with them.
+    pub fn take_slot(&mut self, owner_slot: usize) -> Vec<CredState> {
+        let Some(list) = self.by_slot.remove(&(owner_slot as u16)) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(list.len());
+        for i in list {
+            let state = std::mem::replace(&mut self.slots[i as usize], CredState::new("", ""));
+            self.index.remove(&state.key);
+            self.active -= state.bindings.len();
+            if state.dirty {
+                self.dirty.retain(|&d| d != i);
+            }
+            self.free.push(i);
+            out.push(state);
+        }
+        out
+    }
+
+    /// Credential states handed over by their previous shard. A credential this shard already
+    /// has (its PBX registered here in the meantime) keeps its own, newer state.
+    pub fn adopt(&mut self, states: Vec<CredState>) {
+        for mut state in states {
+            if self.index.contains_key(&state.key) {
+                continue;
+            }
+            let dirty = std::mem::take(&mut state.dirty);
+            let expiries: SmallVec<[u64; 1]> =
+                state.bindings.iter().map(|b| b.expires_at_ms).collect();
+            self.active += state.bindings.len();
+            let slot = self.insert_state(state);
+            for at in expiries {
+                self.expiry.insert(at, slot as u32);
+            }
+            if dirty {
+                self.mark_dirty(slot);
+            }
+        }
     }
 
     fn mark_dirty(&mut self, slot: usize) {

@@ -17,9 +17,23 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 const SLOTS: usize = 1 << 16;
 const UNCLAIMED: u16 = u16::MAX;
+/// The owner holds the slot's state because it was restored there at start, not because its
+/// PBX's traffic lands there: the first worker that needs the slot may ask for it
+/// ([`Owners::move_restored`]).
+const RESTORED: u16 = 0x8000;
+const WORKER: u16 = 0x7fff;
 
-/// The most workers a directory can name (one value is kept for "unclaimed").
-pub const MAX_OWNERS: usize = UNCLAIMED as usize;
+/// The most workers a directory can name.
+pub const MAX_OWNERS: usize = WORKER as usize;
+
+/// What a slot says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Unclaimed,
+    Worker(usize),
+    /// Owned by this worker since start-up (restored bindings); movable.
+    Restored(usize),
+}
 
 pub struct Owners {
     slots: Box<[AtomicU16]>,
@@ -43,20 +57,58 @@ impl Owners {
         let slot = &self.slots[slot_of(key)];
         let cur = slot.load(Ordering::Acquire);
         if cur != UNCLAIMED {
-            return usize::from(cur);
+            return usize::from(cur & WORKER);
         }
         debug_assert!(me < self.workers);
         match slot.compare_exchange(UNCLAIMED, me as u16, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => me,
             // Another worker claimed it first: it owns the slot.
-            Err(winner) => usize::from(winner),
+            Err(winner) => usize::from(winner & WORKER),
         }
     }
 
     /// The owner of `key`'s slot, if claimed.
     pub fn owner(&self, key: &[u8]) -> Option<usize> {
-        let cur = self.slots[slot_of(key)].load(Ordering::Acquire);
-        (cur != UNCLAIMED).then_some(usize::from(cur))
+        match self.lookup(key) {
+            Owner::Unclaimed => None,
+            Owner::Worker(w) | Owner::Restored(w) => Some(w),
+        }
+    }
+
+    pub fn lookup(&self, key: &[u8]) -> Owner {
+        match self.slots[slot_of(key)].load(Ordering::Acquire) {
+            UNCLAIMED => Owner::Unclaimed,
+            v if v & RESTORED != 0 => Owner::Restored(usize::from(v & WORKER)),
+            v => Owner::Worker(usize::from(v)),
+        }
+    }
+
+    /// Start-up: `key`'s state is restored on `worker`; returns the slot's owner (another
+    /// restored credential of the slot may have put it elsewhere first).
+    pub fn claim_restored(&self, key: &[u8], worker: usize) -> usize {
+        let slot = &self.slots[slot_of(key)];
+        match slot.compare_exchange(
+            UNCLAIMED,
+            worker as u16 | RESTORED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => worker,
+            Err(cur) => usize::from(cur & WORKER),
+        }
+    }
+
+    /// The restored owner `from` gives slot `slot` to `to` (after sending it the slot's state):
+    /// false if the slot is no longer `from`'s restored one.
+    pub fn move_restored(&self, slot: usize, from: usize, to: usize) -> bool {
+        self.slots[slot]
+            .compare_exchange(
+                from as u16 | RESTORED,
+                to as u16,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
     }
 
     pub fn workers(&self) -> usize {
@@ -65,7 +117,7 @@ impl Owners {
 }
 
 /// FNV-1a of the key, folded to a slot: stable across threads and restarts.
-fn slot_of(key: &[u8]) -> usize {
+pub fn slot_of(key: &[u8]) -> usize {
     let mut h: u64 = 0xcbf29ce484222325;
     for &b in key {
         h ^= u64::from(b);
@@ -87,6 +139,26 @@ mod tests {
         assert_eq!(o.owner(b"alice@example.com"), Some(2));
         // another credential is independent
         assert_eq!(o.owner_or_claim(b"bob@example.com", 1), 1);
+    }
+
+    #[test]
+    fn a_restored_slot_moves_once_to_the_worker_that_asks() {
+        let o = Owners::new(2);
+        assert_eq!(o.claim_restored(b"carol@r", 1), 1);
+        assert_eq!(o.lookup(b"carol@r"), Owner::Restored(1));
+        assert_eq!(
+            o.owner_or_claim(b"carol@r", 0),
+            1,
+            "restored slots are owned"
+        );
+        let slot = slot_of(b"carol@r");
+        assert!(
+            !o.move_restored(slot, 0, 1),
+            "only the restored owner gives it away"
+        );
+        assert!(o.move_restored(slot, 1, 0));
+        assert_eq!(o.lookup(b"carol@r"), Owner::Worker(0));
+        assert!(!o.move_restored(slot, 1, 0), "once");
     }
 
     #[test]

@@ -69,7 +69,11 @@ pub enum Handoff {
         from: usize,
         /// The socket it came in on.
         port: crate::call::Port,
+        /// The sender asks for the request's restored slot (see `registrar::owners`).
+        adopt: bool,
     },
+    /// A slot's credential states, given to the worker its PBX's traffic now lands on.
+    Adopt(Vec<crate::registrar::CredState>),
     /// Counted by the IP's owner worker.
     Security(SecurityEvent),
     Ban(Ban),
@@ -341,7 +345,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         };
         let mut key = SmallVec::<[u8; 128]>::new();
         credential_key(row.username.as_bytes(), row.realm.as_bytes(), &mut key);
-        let shard = owners.owner_or_claim(&key, shard_of(&key, workers));
+        // Marked as restored: the worker the PBX's next REGISTER lands on takes the slot over.
+        let shard = owners.claim_restored(&key, shard_of(&key, workers));
         let binding = Binding {
             contact: row.contact,
             source: SocketAddr::new(ip, row.source_port),

@@ -9,7 +9,7 @@
 use super::udp::{RecvBatch, SendBatch, SendMeta};
 use super::{Control, Handoff, Peer, PersistBatch, SecurityEvent};
 use crate::call::Port;
-use crate::registrar::owners::Owners;
+use crate::registrar::owners::{self, Owner, Owners};
 use crate::registrar::response::{write_answer, write_plain, Opaque};
 use crate::registrar::{self, Answer, Registrar, Transport};
 use crate::security::{Ban, SourceGuard};
@@ -89,6 +89,13 @@ pub struct Worker {
     local: SocketAddr,
     /// SIGTERM: new INVITEs get 503 Retry-After 30 while calls drain.
     shutting_down_calls: bool,
+    /// The hand-off being sent asks its owner for the (restored) slot.
+    adopt_request: bool,
+    /// The hand-off being handled asked for its slot, for this worker.
+    adopt_for: Option<usize>,
+    /// The datagram being handled was handed over and may be handed on once more (its slot
+    /// moved meanwhile).
+    forwardable: bool,
     pub transport: Transport,
     // private state
     snap: Arc<Snapshot>,
@@ -178,6 +185,9 @@ impl Worker {
             gateway_up: p.gateway_up,
             local: p.local,
             shutting_down_calls: false,
+            adopt_request: false,
+            adopt_for: None,
+            forwardable: false,
             transport: Transport::Udp,
             snap,
             txns: ServerTransactions::new(MAX_TRANSACTIONS, TIMER_J_UDP_MS),
@@ -347,12 +357,18 @@ impl Worker {
                     arrived_ns,
                     from,
                     port,
+                    adopt,
                 } => {
                     self.arrived = port;
+                    self.adopt_for = adopt.then_some(from);
+                    self.forwardable = true;
                     self.on_datagram(&data, src, arrived_ns, true);
+                    self.forwardable = false;
+                    self.adopt_for = None;
                     // Give the buffer back to the worker that filled it.
                     let _ = self.peers[from].returns.try_send(data);
                 }
+                Handoff::Adopt(states) => self.registrar.adopt(states),
                 Handoff::Security(ev) => self.on_security_event(ev),
                 Handoff::Ban(ban) => self.guard.apply_ban(ban),
                 Handoff::LiftBan(ip) => {
@@ -481,14 +497,20 @@ impl Worker {
                 // single source still gets every core.
                 let needs_owner =
                     msg.header(HeaderName::Authorization).is_some() || self.backlogged;
-                if !handed_over && needs_owner {
-                    let owner = self.register_owner(&req);
-                    if owner != self.id {
+                if needs_owner {
+                    let (owner, adopt) = self.register_owner(&req);
+                    // A request handed over here before its slot moved on follows the slot.
+                    if owner != self.id && (!handed_over || self.forwardable) {
+                        self.adopt_request = adopt && !handed_over;
                         self.hand_over(owner, data, src, arrived_ns);
+                        self.adopt_request = false;
                         return;
                     }
                 }
                 self.on_register(&msg, &req, uri, src, arrived_ns);
+                if let Some(to) = self.adopt_for.take() {
+                    self.give_restored_slot(&req, to);
+                }
             }
             Method::Invite if req.to.tag.is_none() => {
                 self.on_invite(data, &msg, &req, uri, src, arrived_ns, handed_over)
@@ -515,16 +537,52 @@ impl Worker {
     /// The worker holding this credential's state. A credential nobody owns yet becomes this
     /// worker's (its PBX's traffic lands here), unless this worker is backlogged: then it goes to
     /// its home shard, so one big source still spreads its credentials over every core.
-    fn register_owner(&self, req: &RequestHeaders<'_>) -> usize {
+    /// The worker holding this credential's state, and whether to ask it for the slot: a slot
+    /// restored at start on another worker moves to the worker its PBX's traffic lands on.
+    fn register_owner(&self, req: &RequestHeaders<'_>) -> (usize, bool) {
+        let key = self.register_key(req);
+        match self.owners.lookup(&key) {
+            Owner::Worker(w) => (w, false),
+            Owner::Restored(w) => (w, w != self.id && !self.backlogged),
+            Owner::Unclaimed => {
+                let claimant = if self.backlogged {
+                    registrar::shard_of(&key, self.peers.len())
+                } else {
+                    self.id
+                };
+                (self.owners.owner_or_claim(&key, claimant), false)
+            }
+        }
+    }
+
+    fn register_key(&self, req: &RequestHeaders<'_>) -> SmallVec<[u8; 128]> {
         let realm = self.snap.realm_for_host(req.to.uri.host);
         let mut key = SmallVec::<[u8; 128]>::new();
         credential_key(req.to.uri.user.unwrap_or_default(), realm, &mut key);
-        let claimant = if self.backlogged {
-            registrar::shard_of(&key, self.peers.len())
-        } else {
-            self.id
-        };
-        self.owners.owner_or_claim(&key, claimant)
+        key
+    }
+
+    /// Worker `to` asked for this request's restored slot: its states go there first (through
+    /// the hand-off channel, so they precede anything handed on later), then the slot.
+    fn give_restored_slot(&mut self, req: &RequestHeaders<'_>, to: usize) {
+        let key = self.register_key(req);
+        if self.owners.lookup(&key) != Owner::Restored(self.id) || to >= self.peers.len() {
+            return;
+        }
+        let slot = owners::slot_of(&key);
+        let states = self.registrar.take_slot(slot);
+        if self.peers[to]
+            .handoff
+            .send_timeout(Handoff::Adopt(states), Duration::from_millis(100))
+            .is_err()
+        {
+            // The states are lost to `to`; the slot stays here, empty, and refills on the
+            // PBX's next registrations. Cannot happen short of a stuck worker.
+            tracing::error!(worker = self.id, to, "could not hand a slot over");
+            return;
+        }
+        self.wake_pending |= 1 << (to % 64);
+        self.owners.move_restored(slot, self.id, to);
     }
 
     /// The To-tag of our answers: derived from the transaction key, so a retransmission gets
@@ -743,6 +801,7 @@ impl Worker {
             arrived_ns,
             from: self.id,
             port: self.arrived,
+            adopt: self.adopt_request,
         }) {
             Ok(()) => {
                 self.stats.handoffs += 1;
