@@ -93,9 +93,7 @@ pub struct Worker {
     adopt_request: bool,
     /// The hand-off being handled asked for its slot, for this worker.
     adopt_for: Option<usize>,
-    /// The datagram being handled was handed over and may be handed on once more (its slot
-    /// moved meanwhile).
-    forwardable: bool,
+
     pub transport: Transport,
     // private state
     snap: Arc<Snapshot>,
@@ -187,7 +185,6 @@ impl Worker {
             shutting_down_calls: false,
             adopt_request: false,
             adopt_for: None,
-            forwardable: false,
             transport: Transport::Udp,
             snap,
             txns: ServerTransactions::new(MAX_TRANSACTIONS, TIMER_J_UDP_MS),
@@ -361,9 +358,7 @@ impl Worker {
                 } => {
                     self.arrived = port;
                     self.adopt_for = adopt.then_some(from);
-                    self.forwardable = true;
                     self.on_datagram(&data, src, arrived_ns, true);
-                    self.forwardable = false;
                     self.adopt_for = None;
                     // Give the buffer back to the worker that filled it.
                     let _ = self.peers[from].returns.try_send(data);
@@ -500,7 +495,7 @@ impl Worker {
                 if needs_owner {
                     let (owner, adopt) = self.register_owner(&req);
                     // A request handed over here before its slot moved on follows the slot.
-                    if owner != self.id && (!handed_over || self.forwardable) {
+                    if owner != self.id {
                         self.adopt_request = adopt && !handed_over;
                         self.hand_over(owner, data, src, arrived_ns);
                         self.adopt_request = false;
