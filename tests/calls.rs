@@ -924,3 +924,68 @@ fn qualify_marks_a_silent_gateway_down_so_calls_skip_it_and_up_again_when_it_ans
     gw1.recv_request("INVITE", WAIT)
         .expect("gateway 1 is routed to again");
 }
+
+#[test]
+fn origination_at_the_targets_max_calls_gets_486_and_drop_unknown_drops_strangers() {
+    let gw = Peer::new();
+    let s = setup_with(&[&gw], "[security]\ndrop_unknown = true\n");
+    s.api.expect(
+        "PATCH",
+        "/api/v1/trunks/pbx-trunk",
+        Some(json!({"max_calls": 1})),
+        200,
+    );
+    let trunk = Peer::on(TRUNK_IP);
+    s.api.expect(
+        "PATCH",
+        "/api/v1/trunks/pbx-trunk",
+        Some(json!({"destination": format!("sip:{}", trunk.addr())})),
+        200,
+    );
+    // One inbound call up (ringing) takes the trunk's only channel.
+    let inv = gw.invite(
+        &format!("sip:{TRUNK_NUMBER}@{}", sbc(&s)),
+        "+12125550100",
+        TRUNK_NUMBER,
+        "sbc.test",
+        &[],
+    );
+    gw.send(&inv, sbc(&s));
+    let a = trunk
+        .recv_request("INVITE", WAIT)
+        .expect("first call reaches the trunk");
+    trunk.reply(&a, 180, "Ringing", &[], "");
+    let inv2 = gw.invite(
+        &format!("sip:{TRUNK_NUMBER}@{}", sbc(&s)),
+        "+12125550100",
+        TRUNK_NUMBER,
+        "sbc.test",
+        &[],
+    );
+    gw.send(&inv2, sbc(&s));
+    let r = gw
+        .recv_response("INVITE", WAIT, |c| c >= 300)
+        .expect("an answer to the second call");
+    assert_eq!(r.code(), Some(486), "{}", r.raw);
+    assert_eq!(r.call_id(), inv2.call_id);
+    assert!(trunk
+        .recv_request("INVITE", Duration::from_millis(200))
+        .is_none());
+
+    // drop_unknown: an INVITE without credentials from nobody we know gets no answer at all.
+    let stranger = Peer::on("127.0.0.9");
+    let inv = stranger.invite(
+        &format!("sip:{CALLED}@{}", sbc(&s)),
+        TRUNK_NUMBER,
+        CALLED,
+        "sbc.test",
+        &[],
+    );
+    stranger.send(&inv, sbc(&s));
+    stranger.expect_silence(Duration::from_millis(300), "drop_unknown = true");
+    assert_eq!(
+        s.server
+            .metric_or_zero("sipedge_calls_rejected_total{reason=\"unknown_source\"}"),
+        1.0
+    );
+}
