@@ -121,12 +121,19 @@ fn cdrs(s: &Setup, n: usize) -> Vec<serde_json::Value> {
 
 /// PBX on the trunk sends an INVITE; the gateway receives it. Returns (invite, gateway's view).
 fn trunk_invite(s: &Setup, pbx: &Peer, gw: &Peer, from: &str, to: &str) -> (Outgoing, SipMsg) {
-    let inv = pbx.invite(&format!("sip:{to}@{}", sbc(s)), from, to, "sbc.test", &[]);
-    pbx.send(&inv, sbc(s));
+    let inv = dial(s, pbx, from, to);
     let b = gw
         .recv_request("INVITE", WAIT)
         .unwrap_or_else(|| panic!("gateway got no INVITE for:\n{}", inv.text));
     (inv, b)
+}
+
+/// Sends a new INVITE from `peer` through sipedge to `to` (Request-URI and To user), with
+/// `from` as the caller.
+fn dial(s: &Setup, peer: &Peer, from: &str, to: &str) -> Outgoing {
+    let inv = peer.invite(&format!("sip:{to}@{}", sbc(s)), from, to, "sbc.test", &[]);
+    peer.send(&inv, sbc(s));
+    inv
 }
 
 /// The final response on the PBX side for `inv`.
@@ -334,14 +341,7 @@ fn registered_pbx_is_challenged_407_then_terminates_and_receives_origination_wit
     register(&s, &pbx, "alice");
 
     // Termination: 407 first (no credentials), then the call goes through.
-    let inv = pbx.invite(
-        &format!("sip:{CALLED}@{}", sbc(&s)),
-        ALICE_NUMBER,
-        CALLED,
-        "sbc.test",
-        &[],
-    );
-    pbx.send(&inv, sbc(&s));
+    let inv = dial(&s, &pbx, ALICE_NUMBER, CALLED);
     let r407 = final_for(&pbx);
     assert_eq!(r407.code(), Some(407), "{}", r407.raw);
     assert!(!r407.headers_all("Proxy-Authenticate").is_empty());
@@ -371,14 +371,7 @@ fn registered_pbx_is_challenged_407_then_terminates_and_receives_origination_wit
         .expect("sipedge ACKs the 486 on the B leg");
 
     // Wrong password: 403, and it is counted.
-    let inv = pbx.invite(
-        &format!("sip:{CALLED}@{}", sbc(&s)),
-        ALICE_NUMBER,
-        CALLED,
-        "sbc.test",
-        &[],
-    );
-    pbx.send(&inv, sbc(&s));
+    let inv = dial(&s, &pbx, ALICE_NUMBER, CALLED);
     let r407 = final_for(&pbx);
     let ch = Challenge::parse(r407.header("Proxy-Authenticate").unwrap()).unwrap();
     let bad = ch.authorization("alice", "wrong", "INVITE", inv.request_uri(), 1, "c3");
@@ -401,14 +394,7 @@ fn registered_pbx_is_challenged_407_then_terminates_and_receives_origination_wit
     );
 
     // Origination from the core to alice's number: to her binding, with the number's X-header.
-    let inv = gw.invite(
-        &format!("sip:{ALICE_NUMBER}@{}", sbc(&s)),
-        "+12125550100",
-        ALICE_NUMBER,
-        "sbc.test",
-        &[],
-    );
-    gw.send(&inv, sbc(&s));
+    let inv = dial(&s, &gw, "+12125550100", ALICE_NUMBER);
     let a = pbx
         .recv_request("INVITE", WAIT)
         .expect("origination INVITE at the PBX");
@@ -459,23 +445,9 @@ fn registered_pbx_is_challenged_407_then_terminates_and_receives_origination_wit
 fn origination_refusals_404_unknown_number_and_480_unregistered() {
     let gw = Peer::new();
     let s = setup_with(&[&gw], "");
-    let inv = gw.invite(
-        &format!("sip:+15559999999@{}", sbc(&s)),
-        "+12125550100",
-        "+15559999999",
-        "sbc.test",
-        &[],
-    );
-    gw.send(&inv, sbc(&s));
+    dial(&s, &gw, "+12125550100", "+15559999999");
     assert_eq!(final_for(&gw).code(), Some(404));
-    let inv = gw.invite(
-        &format!("sip:{ALICE_NUMBER}@{}", sbc(&s)),
-        "+12125550100",
-        ALICE_NUMBER,
-        "sbc.test",
-        &[],
-    );
-    gw.send(&inv, sbc(&s));
+    dial(&s, &gw, "+12125550100", ALICE_NUMBER);
     let r = final_for(&gw);
     assert_eq!(r.code(), Some(480), "{}", r.raw);
     let lines = cdrs(&s, 2);
@@ -492,23 +464,9 @@ fn termination_refusals_484_403_callerid_and_unknown_source_challenge() {
     let gw = Peer::new();
     let s = setup_with(&[&gw], "");
     let pbx = Peer::on(TRUNK_IP);
-    let inv = pbx.invite(
-        &format!("sip:12ab@{}", sbc(&s)),
-        TRUNK_NUMBER,
-        "12ab",
-        "sbc.test",
-        &[],
-    );
-    pbx.send(&inv, sbc(&s));
+    dial(&s, &pbx, TRUNK_NUMBER, "12ab");
     assert_eq!(final_for(&pbx).code(), Some(484));
-    let inv = pbx.invite(
-        &format!("sip:{CALLED}@{}", sbc(&s)),
-        "+12125550100",
-        CALLED,
-        "sbc.test",
-        &[],
-    );
-    pbx.send(&inv, sbc(&s));
+    let inv = dial(&s, &pbx, "+12125550100", CALLED);
     let r = final_for(&pbx);
     assert_eq!(r.code(), Some(403));
     assert!(
@@ -526,14 +484,7 @@ fn termination_refusals_484_403_callerid_and_unknown_source_challenge() {
 
     // Someone else: 407.
     let stranger = Peer::on("127.0.0.9");
-    let inv = stranger.invite(
-        &format!("sip:{CALLED}@{}", sbc(&s)),
-        TRUNK_NUMBER,
-        CALLED,
-        "sbc.test",
-        &[],
-    );
-    stranger.send(&inv, sbc(&s));
+    dial(&s, &stranger, TRUNK_NUMBER, CALLED);
     assert_eq!(final_for(&stranger).code(), Some(407));
     assert_eq!(
         s.server
@@ -562,27 +513,13 @@ fn limits_503_cps_and_channels() {
     let (_inv, b) = trunk_invite(&s, &pbx, &gw, TRUNK_NUMBER, CALLED);
     gw.reply(&b, 180, "Ringing", &[], "");
     // Second call at once: the CPS bucket (size 1) is empty.
-    let inv = pbx.invite(
-        &format!("sip:{CALLED}@{}", sbc(&s)),
-        TRUNK_NUMBER,
-        CALLED,
-        "sbc.test",
-        &[],
-    );
-    pbx.send(&inv, sbc(&s));
+    dial(&s, &pbx, TRUNK_NUMBER, CALLED);
     let r = pbx.recv_response("INVITE", WAIT, |c| c >= 300).unwrap();
     assert!(r.raw.starts_with("SIP/2.0 503 CPS limit\r\n"), "{}", r.raw);
     assert_eq!(r.header("Retry-After"), Some("1"));
     // A second later a token is back, but the one channel is taken.
     std::thread::sleep(Duration::from_millis(1100));
-    let inv = pbx.invite(
-        &format!("sip:{CALLED}@{}", sbc(&s)),
-        TRUNK_NUMBER,
-        CALLED,
-        "sbc.test",
-        &[],
-    );
-    pbx.send(&inv, sbc(&s));
+    dial(&s, &pbx, TRUNK_NUMBER, CALLED);
     let r = pbx.recv_response("INVITE", WAIT, |c| c >= 300).unwrap();
     assert!(
         r.raw.starts_with("SIP/2.0 503 Channel limit\r\n"),
@@ -609,14 +546,7 @@ fn failover_when_the_first_gateway_never_answers_then_503_no_route_when_all_fail
     let gw2 = Peer::new();
     let s = setup_with(&[&silent, &gw2], "");
     let pbx = Peer::on(TRUNK_IP);
-    let inv = pbx.invite(
-        &format!("sip:{CALLED}@{}", sbc(&s)),
-        TRUNK_NUMBER,
-        CALLED,
-        "sbc.test",
-        &[],
-    );
-    pbx.send(&inv, sbc(&s));
+    let inv = dial(&s, &pbx, TRUNK_NUMBER, CALLED);
     let first = silent
         .recv_request("INVITE", WAIT)
         .expect("first choice tried first");
@@ -631,14 +561,7 @@ fn failover_when_the_first_gateway_never_answers_then_503_no_route_when_all_fail
     gw2.reply(&bye, 200, "OK", &[], "");
 
     // Both fail now: the second answers 503 -> 503 "No route" to the PBX.
-    let inv = pbx.invite(
-        &format!("sip:{CALLED}@{}", sbc(&s)),
-        TRUNK_NUMBER,
-        CALLED,
-        "sbc.test",
-        &[],
-    );
-    pbx.send(&inv, sbc(&s));
+    dial(&s, &pbx, TRUNK_NUMBER, CALLED);
     let b = gw2
         .recv_request("INVITE", Duration::from_secs(5))
         .expect("second gateway again");
@@ -747,14 +670,7 @@ fn sigterm_drains_calls_refusing_new_invites_with_503_then_exits_once_they_end()
         libc::kill(pid, libc::SIGTERM);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let inv2 = pbx.invite(
-        &format!("sip:{CALLED}@{}", sbc(&s)),
-        TRUNK_NUMBER,
-        CALLED,
-        "sbc.test",
-        &[],
-    );
-    pbx.send(&inv2, sbc(&s));
+    dial(&s, &pbx, TRUNK_NUMBER, CALLED);
     let r = pbx
         .recv_response("INVITE", WAIT, |c| c >= 300)
         .expect("an answer while draining");
@@ -779,14 +695,7 @@ fn a_retransmitted_authenticated_invite_is_absorbed_not_refused_as_a_replay() {
     let gw = Peer::new();
     let s = setup_with(&[&gw], "");
     let pbx = Peer::on(PBX_IP);
-    let inv = pbx.invite(
-        &format!("sip:{CALLED}@{}", sbc(&s)),
-        ALICE_NUMBER,
-        CALLED,
-        "sbc.test",
-        &[],
-    );
-    pbx.send(&inv, sbc(&s));
+    let inv = dial(&s, &pbx, ALICE_NUMBER, CALLED);
     let r407 = final_for(&pbx);
     pbx.ack_non2xx(&inv, &r407, sbc(&s));
     let inv2 = with_proxy_auth(&pbx, &inv, &r407, "alice");
@@ -831,14 +740,7 @@ fn origination_to_a_trunk_destination_and_to_a_uri_template() {
         201,
     );
     // To the trunk.
-    let inv = gw.invite(
-        &format!("sip:{TRUNK_NUMBER}@{}", sbc(&s)),
-        "+12125550100",
-        TRUNK_NUMBER,
-        "sbc.test",
-        &[],
-    );
-    gw.send(&inv, sbc(&s));
+    dial(&s, &gw, "+12125550100", TRUNK_NUMBER);
     let a = trunk
         .recv_request("INVITE", WAIT)
         .expect("INVITE at the trunk");
@@ -849,14 +751,7 @@ fn origination_to_a_trunk_destination_and_to_a_uri_template() {
     trunk.reply(&a, 486, "Busy Here", &[], "");
     assert_eq!(final_for(&gw).code(), Some(486));
     // To the URI template, {number} replaced by the E.164 number.
-    let inv = gw.invite(
-        &format!("sip:+15551230009@{}", sbc(&s)),
-        "+12125550100",
-        "+15551230009",
-        "sbc.test",
-        &[],
-    );
-    gw.send(&inv, sbc(&s));
+    dial(&s, &gw, "+12125550100", "+15551230009");
     let u = far
         .recv_request("INVITE", WAIT)
         .expect("INVITE at the URI route");
@@ -888,14 +783,7 @@ fn qualify_marks_a_silent_gateway_down_so_calls_skip_it_and_up_again_when_it_ans
         }
     }
     let pbx = Peer::on(TRUNK_IP);
-    let inv = pbx.invite(
-        &format!("sip:{CALLED}@{}", sbc(&s)),
-        TRUNK_NUMBER,
-        CALLED,
-        "sbc.test",
-        &[],
-    );
-    pbx.send(&inv, sbc(&s));
+    dial(&s, &pbx, TRUNK_NUMBER, CALLED);
     let b = gw2
         .recv_request("INVITE", Duration::from_millis(300))
         .expect("straight to gateway 2, without waiting for gateway 1's timeout");
@@ -913,14 +801,7 @@ fn qualify_marks_a_silent_gateway_down_so_calls_skip_it_and_up_again_when_it_ans
         .expect("next ping");
     gw1.reply(&p, 200, "OK", &[], "");
     std::thread::sleep(Duration::from_millis(300));
-    let inv = pbx.invite(
-        &format!("sip:{CALLED}@{}", sbc(&s)),
-        TRUNK_NUMBER,
-        CALLED,
-        "sbc.test",
-        &[],
-    );
-    pbx.send(&inv, sbc(&s));
+    dial(&s, &pbx, TRUNK_NUMBER, CALLED);
     gw1.recv_request("INVITE", WAIT)
         .expect("gateway 1 is routed to again");
 }
@@ -943,26 +824,12 @@ fn origination_at_the_targets_max_calls_gets_486_and_drop_unknown_drops_stranger
         200,
     );
     // One inbound call up (ringing) takes the trunk's only channel.
-    let inv = gw.invite(
-        &format!("sip:{TRUNK_NUMBER}@{}", sbc(&s)),
-        "+12125550100",
-        TRUNK_NUMBER,
-        "sbc.test",
-        &[],
-    );
-    gw.send(&inv, sbc(&s));
+    dial(&s, &gw, "+12125550100", TRUNK_NUMBER);
     let a = trunk
         .recv_request("INVITE", WAIT)
         .expect("first call reaches the trunk");
     trunk.reply(&a, 180, "Ringing", &[], "");
-    let inv2 = gw.invite(
-        &format!("sip:{TRUNK_NUMBER}@{}", sbc(&s)),
-        "+12125550100",
-        TRUNK_NUMBER,
-        "sbc.test",
-        &[],
-    );
-    gw.send(&inv2, sbc(&s));
+    let inv2 = dial(&s, &gw, "+12125550100", TRUNK_NUMBER);
     let r = gw
         .recv_response("INVITE", WAIT, |c| c >= 300)
         .expect("an answer to the second call");
@@ -974,14 +841,7 @@ fn origination_at_the_targets_max_calls_gets_486_and_drop_unknown_drops_stranger
 
     // drop_unknown: an INVITE without credentials from nobody we know gets no answer at all.
     let stranger = Peer::on("127.0.0.9");
-    let inv = stranger.invite(
-        &format!("sip:{CALLED}@{}", sbc(&s)),
-        TRUNK_NUMBER,
-        CALLED,
-        "sbc.test",
-        &[],
-    );
-    stranger.send(&inv, sbc(&s));
+    dial(&s, &stranger, TRUNK_NUMBER, CALLED);
     stranger.expect_silence(Duration::from_millis(300), "drop_unknown = true");
     assert_eq!(
         s.server
