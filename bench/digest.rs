@@ -6,7 +6,7 @@ use sipedge::sip::digest::{self, Algorithm, NonceKey, Qop};
 fn bench_digest(c: &mut Criterion) {
     let key = NonceKey::from_secret([0x5a; 32]);
     let now = 1_790_000_000u64;
-    let nonce = key.mint(now, 7);
+    let nonce = key.mint(now, 7).text();
     let uri: &[u8] = b"sip:sbc.test";
     let qop = Qop {
         qop: b"auth",

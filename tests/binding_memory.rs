@@ -113,7 +113,7 @@ fn a_binding_costs_less_than_one_kib() {
             user_ha1.as_bytes(),
             b"REGISTER",
             b"sip:sbc.test",
-            nonce.as_bytes(),
+            nonce.text().as_bytes(),
             Some(Qop {
                 qop: b"auth",
                 nc: b"00000001",
@@ -122,7 +122,7 @@ fn a_binding_costs_less_than_one_kib() {
         );
         register(
             &mut buf,
-            Some(format!("Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{}\", uri=\"sip:sbc.test\", response=\"{}\", qop=auth, nc=00000001, cnonce=\"c\"", nonce.as_str(), resp.as_str())),
+            Some(format!("Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{}\", uri=\"sip:sbc.test\", response=\"{}\", qop=auth, nc=00000001, cnonce=\"c\"", nonce.text().as_str(), resp.as_str())),
         );
         let msg = scan(&buf).unwrap();
         let req = request_headers(&msg).unwrap();

@@ -134,14 +134,19 @@ fn answering_registers_does_not_allocate_once_warm() {
             ha1.as_bytes(),
             b"REGISTER",
             b"sip:sbc.test",
-            nonce.as_bytes(),
+            nonce.text().as_bytes(),
             Some(Qop {
                 qop: b"auth",
                 nc: b"00000001",
                 cnonce: b"0a4f113b",
             }),
         );
-        register(req2, 2 * i + 1, 2, Some((nonce.as_str(), resp.as_str())));
+        register(
+            req2,
+            2 * i + 1,
+            2,
+            Some((nonce.text().as_str(), resp.as_str())),
+        );
         let msg = scan(req2).expect("scan");
         let req = request_headers(&msg).expect("headers");
         let k = hasher.key(&req, b"sip:sbc.test");

@@ -1335,3 +1335,56 @@ fn restored_credentials_follow_their_pbx_to_its_worker_after_a_restart() {
     assert_eq!(code, 200);
     assert_eq!(regs.as_array().map(Vec::len), Some(40), "{regs}");
 }
+
+/// A PBX whose NAT rebinds it onto another worker is handed over at first, and its credential's
+/// slot follows it once its old worker has not heard from it for a while (2 s): from then on
+/// nothing is handed over.
+#[test]
+fn a_pbx_that_moves_to_another_worker_takes_its_credentials_along() {
+    let mut s = Server::prepare("[sip]\nworkers = 2\n[registrar]\nmin_interval_s = 0\n");
+    for i in 0..20 {
+        s.add_credential(&format!("pbx{i}"), PW, None);
+    }
+    s.launch();
+    let realm = s.realm.clone();
+    let round = |c: &mut Client| {
+        for i in 0..20 {
+            let r = c.register_with(&format!("pbx{i}"), &realm, PW, Alg::Md5, 300);
+            assert_code(&r, 200, "registration");
+        }
+    };
+    let handoffs = || metric_sum(&s.metrics(), "sipedge_worker_handoffs_total");
+    round(&mut s.client());
+    assert_eq!(handoffs(), 0.0, "the first worker claimed every slot");
+    // New source ports until one lands on the other worker (odds 2^-24 that none does).
+    let mut moved = None;
+    for _ in 0..24 {
+        let mut c = s.client();
+        let r = c.register_with("pbx0", &realm, PW, Alg::Md5, 300);
+        assert_code(&r, 200, "registration from a new port");
+        if handoffs() > 0.0 {
+            moved = Some(c);
+            break;
+        }
+    }
+    let mut c = moved.expect("a client port that lands on the other worker");
+    std::thread::sleep(Duration::from_millis(2_200));
+    round(&mut c);
+    let after_move = handoffs();
+    assert!(
+        after_move <= 21.0,
+        "each slot handed over at most once more before it moved: {after_move}"
+    );
+    round(&mut c);
+    round(&mut c);
+    assert_eq!(handoffs(), after_move, "no hand-off once the slots moved");
+    let (code, regs) = s.api_get("/api/v1/registrations");
+    assert_eq!(code, 200);
+    let from_new = regs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["source"].as_str() == Some(&c.local.to_string()))
+        .count();
+    assert_eq!(from_new, 20, "{regs}");
+}

@@ -46,7 +46,7 @@ pub struct Refusal {
     pub code: u16,
     pub phrase: &'static str,
     /// `Retry-After` seconds (the CPS limit).
-    pub retry_after: Option<u32>,
+    pub retry_after: Option<u16>,
 }
 
 impl Refusal {
@@ -536,6 +536,13 @@ impl Desk {
                 r
             }
         }
+    }
+
+    /// Whether account `key` has calls up on this shard: its limits cannot move elsewhere then.
+    pub fn has_calls(&self, key: &[u8]) -> bool {
+        self.accounts
+            .get(key)
+            .is_some_and(|a| a.limits.channels.active() > 0)
     }
 
     fn release(&mut self, key: &[u8]) {

@@ -616,6 +616,15 @@ impl Registrar {
         slot
     }
 
+    /// The credential keys this shard holds in `owners` slot `owner_slot`.
+    pub fn slot_keys(&self, owner_slot: usize) -> impl Iterator<Item = &[u8]> {
+        self.by_slot
+            .get(&(owner_slot as u16))
+            .into_iter()
+            .flatten()
+            .map(|&i| &*self.slots[i as usize].key)
+    }
+
     /// Takes every credential state of `owners` slot `owner_slot` out of this shard, to hand
     /// them to the worker the slot moves to ([`Registrar::adopt`]). Their bindings stay in the
     /// store; a change not yet persisted travels with them.
@@ -638,10 +647,22 @@ impl Registrar {
     }
 
     /// Credential states handed over by their previous shard. A credential this shard already
-    /// has (its PBX registered here in the meantime) keeps its own, newer state.
+    /// has (its PBX registered here between the slot's move and this hand-over) keeps its own,
+    /// newer state, merged with the older one: bindings it does not know and nonce counts.
     pub fn adopt(&mut self, states: Vec<CredState>) {
         for mut state in states {
-            if self.index.contains_key(&state.key) {
+            if let Some(&slot) = self.index.get(&state.key) {
+                let slot = slot as usize;
+                let was_dirty = self.slots[slot].dirty;
+                let added = self.slots[slot].absorb(state);
+                self.active += added.len();
+                for at in added {
+                    self.expiry.insert(at, slot as u32);
+                }
+                if !was_dirty && self.slots[slot].dirty {
+                    self.slots[slot].dirty = false;
+                    self.mark_dirty(slot);
+                }
                 continue;
             }
             let dirty = std::mem::take(&mut state.dirty);
@@ -750,6 +771,35 @@ enum NonceUseCheck {
 }
 
 impl CredState {
+    /// Merges an older state of the same credential into this one; returns the expiries of the
+    /// bindings it added (contacts this state did not have).
+    fn absorb(&mut self, older: CredState) -> SmallVec<[u64; 1]> {
+        let mut added = SmallVec::new();
+        for b in older.bindings {
+            if !self.bindings.iter().any(|mine| mine.contact == b.contact) {
+                added.push(b.expires_at_ms);
+                self.bindings.push(b);
+            }
+        }
+        self.last_accepted_ms = self.last_accepted_ms.max(older.last_accepted_ms);
+        self.nonce_watermark = self.nonce_watermark.max(older.nonce_watermark);
+        for u in older.nonces.iter().filter(|u| u.order != (0, 0)) {
+            match self.nonces.iter_mut().find(|m| m.order == u.order) {
+                Some(m) => m.last_nc = m.last_nc.max(u.last_nc),
+                None if u.order > self.nonce_watermark => {
+                    let victim = (0..TRACKED_NONCES)
+                        .min_by_key(|&i| self.nonces[i].order)
+                        .unwrap_or(0);
+                    self.nonce_watermark = self.nonce_watermark.max(self.nonces[victim].order);
+                    self.nonces[victim] = *u;
+                }
+                None => {}
+            }
+        }
+        self.dirty |= older.dirty || !added.is_empty();
+        added
+    }
+
     //= https://www.rfc-editor.org/rfc/rfc7616#section-3.4
     //# The nc value ... allows the server to detect request replays by maintaining its own copy
     //# of this count -- if the same nc value is seen twice, then the request is a replay.

@@ -15,11 +15,11 @@
 
 use std::sync::atomic::{AtomicU16, Ordering};
 
-const SLOTS: usize = 1 << 16;
+pub const SLOTS: usize = 1 << 16;
 const UNCLAIMED: u16 = u16::MAX;
 /// The owner holds the slot's state because it was restored there at start, not because its
 /// PBX's traffic lands there: the first worker that needs the slot may ask for it
-/// ([`Owners::move_restored`]).
+/// ([`Owners::move_slot`]).
 const RESTORED: u16 = 0x8000;
 const WORKER: u16 = 0x7fff;
 
@@ -76,7 +76,12 @@ impl Owners {
     }
 
     pub fn lookup(&self, key: &[u8]) -> Owner {
-        match self.slots[slot_of(key)].load(Ordering::Acquire) {
+        self.lookup_slot(slot_of(key))
+    }
+
+    /// What slot `slot` (from [`slot_of`]) says.
+    pub fn lookup_slot(&self, slot: usize) -> Owner {
+        match self.slots[slot].load(Ordering::Acquire) {
             UNCLAIMED => Owner::Unclaimed,
             v if v & RESTORED != 0 => Owner::Restored(usize::from(v & WORKER)),
             v => Owner::Worker(usize::from(v)),
@@ -98,16 +103,15 @@ impl Owners {
         }
     }
 
-    /// The restored owner `from` gives slot `slot` to `to` (after sending it the slot's state):
-    /// false if the slot is no longer `from`'s restored one.
-    pub fn move_restored(&self, slot: usize, from: usize, to: usize) -> bool {
+    /// The owner `from` (restored there or not) gives slot `slot` to `to`, after sending it the
+    /// slot's state: false if `from` no longer owns the slot.
+    pub fn move_slot(&self, slot: usize, from: usize, to: usize) -> bool {
+        let cur = self.slots[slot].load(Ordering::Acquire);
+        if cur == UNCLAIMED || usize::from(cur & WORKER) != from {
+            return false;
+        }
         self.slots[slot]
-            .compare_exchange(
-                from as u16 | RESTORED,
-                to as u16,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
+            .compare_exchange(cur, to as u16, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
 
@@ -152,13 +156,25 @@ mod tests {
             "restored slots are owned"
         );
         let slot = slot_of(b"carol@r");
-        assert!(
-            !o.move_restored(slot, 0, 1),
-            "only the restored owner gives it away"
-        );
-        assert!(o.move_restored(slot, 1, 0));
+        assert!(!o.move_slot(slot, 0, 1), "only the owner gives it away");
+        assert!(o.move_slot(slot, 1, 0));
         assert_eq!(o.lookup(b"carol@r"), Owner::Worker(0));
-        assert!(!o.move_restored(slot, 1, 0), "once");
+        assert!(!o.move_slot(slot, 1, 0), "once");
+    }
+
+    #[test]
+    fn a_claimed_slot_moves_and_moves_back() {
+        let o = Owners::new(2);
+        assert_eq!(o.owner_or_claim(b"dave@r", 0), 0);
+        let slot = slot_of(b"dave@r");
+        assert!(o.move_slot(slot, 0, 1));
+        assert_eq!(o.lookup(b"dave@r"), Owner::Worker(1));
+        assert!(o.move_slot(slot, 1, 0));
+        assert_eq!(o.lookup(b"dave@r"), Owner::Worker(0));
+        assert!(
+            !o.move_slot(slot_of(b"nobody@r"), 0, 1),
+            "an unclaimed slot has nobody to give it"
+        );
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub fn push_challenges(
         out.extend_from_slice(b": Digest realm=\"");
         out.extend_from_slice(realm);
         out.extend_from_slice(b"\", nonce=\"");
-        out.extend_from_slice(nonce.as_bytes());
+        out.extend_from_slice(nonce.text().as_bytes());
         out.extend_from_slice(b"\", opaque=\"");
         out.extend_from_slice(&opaque.0);
         out.extend_from_slice(b"\", qop=\"auth\", algorithm=");

@@ -59,6 +59,8 @@ struct Harness {
     snap: Snapshot,
     now: u64,
     cseq: u32,
+    /// The Contact of requests that name none.
+    contact: &'static str,
 }
 
 fn src(s: &str) -> SocketAddr {
@@ -80,6 +82,7 @@ impl Harness {
             snap: snapshot(),
             now: T0,
             cseq: 1,
+            contact: "<sip:pbx@10.0.0.1:5060>",
         }
     }
 
@@ -93,7 +96,7 @@ impl Harness {
         );
         m.push_str(&format!(
             "Contact: {}\r\n",
-            r.contact.unwrap_or("<sip:pbx@10.0.0.1:5060>")
+            r.contact.unwrap_or(self.contact)
         ));
         if let Some(e) = r.expires {
             m.push_str(&format!("Expires: {e}\r\n"));
@@ -123,7 +126,7 @@ impl Harness {
                 nonce,
                 stale: false,
                 ..
-            } => nonce.as_str().to_string(),
+            } => nonce.text().as_str().to_string(),
             other => panic!("expected a challenge, got {other:?}"),
         }
     }
@@ -327,7 +330,7 @@ fn stale_nonce_gets_a_fresh_challenge_with_stale_true() {
     match a {
         Answer::Challenge {
             stale: true, nonce, ..
-        } => assert_ne!(nonce.as_str(), n),
+        } => assert_ne!(nonce.text().as_str(), n),
         other => panic!("{other:?}"),
     }
     assert!(!e.auth_failure);
@@ -341,7 +344,7 @@ fn forged_nonce_is_challenged_not_stale_and_counts() {
         PBX,
         "alice",
         "secret-pw",
-        other.as_str(),
+        other.text().as_str(),
         1,
         Algorithm::Md5,
         None,
@@ -637,4 +640,53 @@ fn pure_refreshes_are_persisted_only_when_the_stored_expiry_lags_half_a_grant() 
     let mut n = 0;
     h.reg.drain_dirty(|_| n += 1);
     assert_eq!(n, 1, "NAT rebinding is persisted at once");
+}
+
+/// A slot moving between shards carries its states; a shard that already served the credential
+/// in the meantime merges the older state into its own: both bindings, and the nonce counts
+/// (a replay of a count the old shard accepted stays a replay).
+#[test]
+fn an_adopted_state_merges_into_a_newer_one() {
+    let relaxed = || RegistrarConfig {
+        min_interval_s: 0,
+        ..cfg()
+    };
+    let mut old = Harness::new(relaxed());
+    let mut new = Harness::new(relaxed());
+    new.contact = "<sip:pbx@10.0.0.2:5060>";
+    let n = old.nonce(PBX, "alice");
+    let registered = Answer::Registered { expires: 300 };
+    let ok = |h: &mut Harness, nonce: &str, nc| {
+        h.authed(PBX, "alice", "secret-pw", nonce, nc, Algorithm::Md5, None)
+            .0
+    };
+    assert_eq!(ok(&mut old, &n, 1), registered);
+    assert_eq!(new.register(PBX, "alice", None).0, registered);
+
+    let mut key = smallvec::SmallVec::<[u8; 128]>::new();
+    credential_key(b"alice", REALM.as_bytes(), &mut key);
+    let slot = owners::slot_of(&key);
+    assert_eq!(
+        old.reg.slot_keys(slot).collect::<Vec<_>>(),
+        vec![key.as_slice()]
+    );
+    let states = old.reg.take_slot(slot);
+    assert_eq!(old.reg.active_bindings(), 0, "the old shard keeps nothing");
+    assert_eq!(old.reg.slot_keys(slot).count(), 0);
+    new.reg.adopt(states);
+
+    let contacts: Vec<&str> = new
+        .reg
+        .bindings_of("alice", REALM)
+        .iter()
+        .map(|b| b.contact.as_str())
+        .collect();
+    assert_eq!(contacts.len(), 2, "{contacts:?}");
+    assert_eq!(new.reg.active_bindings(), 2);
+    assert_eq!(
+        ok(&mut new, &n, 1),
+        Answer::Forbidden,
+        "replay stays a replay"
+    );
+    assert_eq!(ok(&mut new, &n, 2), registered);
 }

@@ -54,8 +54,12 @@ const TIMER_PERIOD_MS: u64 = 100;
 /// Completed transactions forgotten per loop turn at most (Timer J).
 const MAX_TXN_EXPIRY_PER_TURN: usize = 256;
 const PERSIST_PERIOD_MS: u64 = 1000;
-/// Completed transactions kept per worker at most (~48 B each).
+/// Completed transactions kept per worker at most (~110 B each: table entry, load factor, expiry
+/// queue entry).
 const MAX_TRANSACTIONS: usize = 2_000_000;
+/// A claimed slot moves to another worker only after this long without REGISTERs of it arriving
+/// here (see `Worker::give_slot`).
+const SLOT_QUIET_MS: u32 = 2_000;
 
 pub struct Worker {
     pub id: usize,
@@ -89,10 +93,13 @@ pub struct Worker {
     local: SocketAddr,
     /// SIGTERM: new INVITEs get 503 Retry-After 30 while calls drain.
     shutting_down_calls: bool,
-    /// The hand-off being sent asks its owner for the (restored) slot.
+    /// The hand-off being sent asks its owner for the slot.
     adopt_request: bool,
     /// The hand-off being handled asked for its slot, for this worker.
     adopt_for: Option<usize>,
+    /// Per owner slot, when this worker last served an authenticated REGISTER of it that arrived
+    /// on its own socket (ms, wrapping): a slot moves only once its PBX has gone quiet here.
+    slot_seen_ms: Box<[u32]>,
 
     pub transport: Transport,
     // private state
@@ -185,6 +192,7 @@ impl Worker {
             shutting_down_calls: false,
             adopt_request: false,
             adopt_for: None,
+            slot_seen_ms: vec![0; owners::SLOTS].into_boxed_slice(),
             transport: Transport::Udp,
             snap,
             txns: ServerTransactions::new(MAX_TRANSACTIONS, TIMER_J_UDP_MS),
@@ -493,7 +501,7 @@ impl Worker {
                 let needs_owner =
                     msg.header(HeaderName::Authorization).is_some() || self.backlogged;
                 if needs_owner {
-                    let (owner, adopt) = self.register_owner(&req);
+                    let (owner, adopt, slot) = self.register_owner(&req);
                     // A request handed over here before its slot moved on follows the slot.
                     if owner != self.id {
                         self.adopt_request = adopt && !handed_over;
@@ -501,10 +509,13 @@ impl Worker {
                         self.adopt_request = false;
                         return;
                     }
+                    if !handed_over {
+                        self.slot_seen_ms[slot] = self.now_ms as u32;
+                    }
                 }
                 self.on_register(&msg, &req, uri, src, arrived_ns);
                 if let Some(to) = self.adopt_for.take() {
-                    self.give_restored_slot(&req, to);
+                    self.give_slot(&req, to);
                 }
             }
             Method::Invite if req.to.tag.is_none() => {
@@ -533,12 +544,14 @@ impl Worker {
     /// worker's (its PBX's traffic lands here), unless this worker is backlogged: then it goes to
     /// its home shard, so one big source still spreads its credentials over every core.
     /// The worker holding this credential's state, and whether to ask it for the slot: a slot
-    /// restored at start on another worker moves to the worker its PBX's traffic lands on.
-    fn register_owner(&self, req: &RequestHeaders<'_>) -> (usize, bool) {
+    /// follows its PBX's traffic to the worker it lands on (a restart restored it elsewhere, a
+    /// NAT rebinding moved the PBX's 4-tuple), unless this worker is backlogged.
+    /// Also returns the credential's owner slot.
+    fn register_owner(&self, req: &RequestHeaders<'_>) -> (usize, bool, usize) {
         let key = self.register_key(req);
-        match self.owners.lookup(&key) {
-            Owner::Worker(w) => (w, false),
-            Owner::Restored(w) => (w, w != self.id && !self.backlogged),
+        let slot = owners::slot_of(&key);
+        let (owner, adopt) = match self.owners.lookup_slot(slot) {
+            Owner::Worker(w) | Owner::Restored(w) => (w, w != self.id && !self.backlogged),
             Owner::Unclaimed => {
                 let claimant = if self.backlogged {
                     registrar::shard_of(&key, self.peers.len())
@@ -547,7 +560,8 @@ impl Worker {
                 };
                 (self.owners.owner_or_claim(&key, claimant), false)
             }
-        }
+        };
+        (owner, adopt, slot)
     }
 
     fn register_key(&self, req: &RequestHeaders<'_>) -> SmallVec<[u8; 128]> {
@@ -557,14 +571,32 @@ impl Worker {
         key
     }
 
-    /// Worker `to` asked for this request's restored slot: its states go there first (through
-    /// the hand-off channel, so they precede anything handed on later), then the slot.
-    fn give_restored_slot(&mut self, req: &RequestHeaders<'_>, to: usize) {
+    /// Worker `to` asked for this request's slot: its states go there first (through the
+    /// hand-off channel, so they precede anything handed on later), then the slot. A slot
+    /// restored here at start goes at once; one this worker claimed goes once its own socket has
+    /// carried none of the slot's REGISTERs for [`SLOT_QUIET_MS`] (two PBXs sharing a credential
+    /// from different workers then move it at most once per registration, not per message),
+    /// and never while one of its accounts has calls up here (their limits live here).
+    fn give_slot(&mut self, req: &RequestHeaders<'_>, to: usize) {
         let key = self.register_key(req);
-        if self.owners.lookup(&key) != Owner::Restored(self.id) || to >= self.peers.len() {
+        let slot = owners::slot_of(&key);
+        let movable = match self.owners.lookup_slot(slot) {
+            Owner::Restored(w) => w == self.id,
+            Owner::Worker(w) => {
+                w == self.id
+                    && (self.now_ms as u32).wrapping_sub(self.slot_seen_ms[slot]) >= SLOT_QUIET_MS
+            }
+            Owner::Unclaimed => false,
+        };
+        if !movable
+            || to >= self.peers.len()
+            || self
+                .registrar
+                .slot_keys(slot)
+                .any(|k| self.desk.has_calls(k))
+        {
             return;
         }
-        let slot = owners::slot_of(&key);
         let states = self.registrar.take_slot(slot);
         if self.peers[to]
             .handoff
@@ -577,14 +609,13 @@ impl Worker {
             return;
         }
         self.wake_pending |= 1 << (to % 64);
-        self.owners.move_restored(slot, self.id, to);
+        self.owners.move_slot(slot, self.id, to);
     }
 
     /// The To-tag of our answers: derived from the transaction key, so a retransmission gets
     /// the same one.
-    fn to_tag(key: u128) -> [u8; 16] {
+    fn to_tag(k: u64) -> [u8; 16] {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let k = key as u64;
         let mut out = [0u8; 16];
         for (i, o) in out.iter_mut().enumerate() {
             *o = HEX[((k >> ((15 - i) * 4)) & 0xf) as usize];
@@ -601,7 +632,7 @@ impl Worker {
         arrived_ns: u64,
     ) {
         let key = self.hasher.key(req, uri);
-        let tag = Self::to_tag(key.0);
+        let tag = Self::to_tag(key.low());
         let answer = match self.txns.lookup(key) {
             Some(Recipe::Register(a)) => a,
             Some(Recipe::Plain(code)) => {
@@ -669,7 +700,7 @@ impl Worker {
         code: u16,
     ) {
         let key = self.hasher.key(req, uri);
-        let tag = Self::to_tag(key.0);
+        let tag = Self::to_tag(key.low());
         if self.txns.lookup(key).is_none() {
             self.txns.complete(key, Recipe::Plain(code), self.now_ms);
         }
@@ -983,4 +1014,15 @@ fn salvage(data: &[u8]) -> Option<Message<'_>> {
         body: &[],
         len: data.len(),
     })
+}
+#[cfg(test)]
+mod tests {
+    use crate::sip::transaction::TxnKey;
+
+    /// At tens of thousands of requests a second a worker remembers a million transactions
+    /// (Timer J is 32 s): each byte of an entry is a megabyte of memory touched.
+    #[test]
+    fn a_remembered_transaction_stays_small() {
+        assert!(std::mem::size_of::<(TxnKey, super::Recipe)>() <= 56);
+    }
 }

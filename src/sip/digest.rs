@@ -256,25 +256,40 @@ pub enum NonceCheck {
     Forged,
 }
 
-/// Fixed-size nonce text (hex), no allocation.
+/// A minted nonce in its binary form (issued, salt, MAC: 24 bytes, half its text), so answers
+/// remembered for retransmissions stay small. [`Nonce::text`] spells it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Nonce {
-    buf: [u8; 48],
+    raw: [u8; NONCE_RAW_LEN],
 }
 
 impl Nonce {
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.buf
-    }
-    pub fn as_str(&self) -> &str {
-        // Only ever filled by `NonceKey::mint` with ASCII hex digits.
-        std::str::from_utf8(&self.buf).unwrap_or("")
+    /// The nonce as it appears on the wire (lower-case hex), no allocation.
+    pub fn text(&self) -> NonceText {
+        let mut t = NonceText { buf: [0u8; 48] };
+        write_hex(&self.raw, &mut t.buf);
+        t
     }
 }
 
 impl std::fmt::Debug for Nonce {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.text().as_str())
+    }
+}
+
+/// Fixed-size nonce text (hex).
+pub struct NonceText {
+    buf: [u8; 2 * NONCE_RAW_LEN],
+}
+
+impl NonceText {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+    pub fn as_str(&self) -> &str {
+        // Only ever filled by `write_hex` with ASCII hex digits.
+        std::str::from_utf8(&self.buf).unwrap_or("")
     }
 }
 
@@ -340,9 +355,7 @@ impl NonceKey {
         head.copy_from_slice(&raw[..12]);
         let tag = self.tag(&head).finalize().into_bytes();
         raw[12..].copy_from_slice(&tag[..NONCE_MAC_LEN]);
-        let mut n = Nonce { buf: [0u8; 48] };
-        write_hex(&raw, &mut n.buf);
-        n
+        Nonce { raw }
     }
 
     /// Never panics: any length or content that is not a nonce of this key is `Forged`. Only the
@@ -410,7 +423,7 @@ mod tests {
     #[test]
     fn nonce_order_reads_issued_and_salt() {
         let key = NonceKey::from_secret([1; 32]);
-        let n = key.mint(1_700_000_000, 0xdead_beef);
+        let n = key.mint(1_700_000_000, 0xdead_beef).text();
         assert_eq!(
             nonce_order(n.as_bytes()),
             Some((1_700_000_000, 0xdead_beef))
@@ -725,7 +738,7 @@ mod tests {
     fn nonce_round_trip() {
         let k = key(7);
         let now = 1_790_000_000;
-        let n = k.mint(now, 42);
+        let n = k.mint(now, 42).text();
         assert_eq!(n.as_bytes().len(), 48);
         assert!(n
             .as_str()
@@ -751,11 +764,11 @@ mod tests {
         // A random key mints nonces another random key rejects.
         let (a, b) = (NonceKey::random(), NonceKey::random());
         assert_eq!(
-            b.check(a.mint(now, 0).as_bytes(), now, 300),
+            b.check(a.mint(now, 0).text().as_bytes(), now, 300),
             NonceCheck::Forged
         );
         assert!(matches!(
-            a.check(a.mint(now, 0).as_bytes(), now, 300),
+            a.check(a.mint(now, 0).text().as_bytes(), now, 300),
             NonceCheck::Valid { .. }
         ));
     }
@@ -763,7 +776,7 @@ mod tests {
     #[test]
     fn nonce_stale() {
         let k = key(1);
-        let n = k.mint(1000, 0);
+        let n = k.mint(1000, 0).text();
         assert_eq!(k.check(n.as_bytes(), 1301, 300), NonceCheck::Stale);
         assert_eq!(k.check(n.as_bytes(), u64::MAX, 300), NonceCheck::Stale);
         assert_eq!(k.check(n.as_bytes(), 1001, 0), NonceCheck::Stale);
@@ -772,7 +785,7 @@ mod tests {
     #[test]
     fn nonce_from_the_future() {
         let k = key(1);
-        let n = k.mint(1000, 0);
+        let n = k.mint(1000, 0).text();
         // Small clock skew between instances is tolerated ...
         assert_eq!(
             k.check(n.as_bytes(), 1000 - NONCE_FUTURE_SKEW_S, 300),
@@ -784,7 +797,7 @@ mod tests {
             NonceCheck::Forged
         );
         assert_eq!(k.check(n.as_bytes(), 0, 300), NonceCheck::Forged);
-        let far = k.mint(u64::MAX, 0);
+        let far = k.mint(u64::MAX, 0).text();
         assert_eq!(k.check(far.as_bytes(), 1000, u64::MAX), NonceCheck::Forged);
         assert_eq!(
             k.check(far.as_bytes(), u64::MAX, 0),
@@ -796,7 +809,7 @@ mod tests {
     fn nonce_forged() {
         let k = key(3);
         let now = 5_000;
-        let n = k.mint(now, 9);
+        let n = k.mint(now, 9).text();
         // Every single flipped hex digit (time, salt or MAC) is detected.
         for i in 0..48 {
             let mut b = [0u8; 48];
@@ -881,6 +894,6 @@ mod tests {
         let h = ha1(Algorithm::Md5, b"a", b"b", b"c");
         assert_eq!(format!("{h:?}"), h.as_str());
         let n = key(0).mint(1, 1);
-        assert_eq!(format!("{n:?}"), n.as_str());
+        assert_eq!(format!("{n:?}"), n.text().as_str());
     }
 }

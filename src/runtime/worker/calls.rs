@@ -41,7 +41,7 @@ impl Worker {
         handed_over: bool,
     ) {
         let key = self.hasher.key(req, uri);
-        let tag = Self::to_tag(key.0);
+        let tag = Self::to_tag(key.low());
         // A retransmission of an INVITE refused or challenged here: the same answer again.
         match self.txns.lookup(key) {
             Some(Recipe::Refused(r)) => {
