@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod fasthash;
 pub mod limits;
+pub mod media;
 pub mod registrar;
 pub mod routing;
 pub mod runtime;

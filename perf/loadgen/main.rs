@@ -656,6 +656,7 @@ fn main() {
     };
     let mut in_flight = 0usize;
     let mut next_user = 0usize;
+    let mut next_by_sock = vec![0usize; nsock];
     let (cpu_u0, cpu_s0) = rusage_self();
     let t0 = Instant::now();
     let ns = |t: Instant| t.duration_since(t0).as_nanos() as u64;
@@ -701,7 +702,17 @@ fn main() {
             let slot = slot as usize;
             let s = &mut slots[slot];
             s.seq = st.started;
-            s.user = (next_user % users.len()) as u32;
+            // A PBX keeps its 4-tuple: user u always sends from socket u % nsock, as a real
+            // PBX sends from one address (the server may keep its state where it lands).
+            let sock = slot % nsock;
+            let per_sock = (users.len() + nsock - 1 - sock) / nsock;
+            s.user = if per_sock == 0 {
+                (next_user % users.len()) as u32
+            } else {
+                let k = next_by_sock[sock];
+                next_by_sock[sock] += 1;
+                (sock + nsock * (k % per_sock)) as u32
+            };
             next_user += 1;
             s.phase = 1;
             s.start_ns = now;

@@ -1,0 +1,292 @@
+//! Media anchoring (SPEC §3.8): every call's RTP/RTCP goes through sipedge.
+//!
+//! Owns: the media port range, cut into *blocks* of four consecutive ports (leg A's RTP/RTCP
+//! pair, then leg B's), the media threads that relay packets between a block's sockets, and the
+//! per-block counters that signalling reads back (CDR packet counts, media timeout).
+//!
+//! Why blocks: a call needs four ports that one thread owns (a packet in on leg A goes out of leg
+//! B's socket without crossing threads). A block index names all four, so allocation is one pop
+//! from a free list, the port tells the block (`(port - base) / 4`) and the block tells the
+//! session: no hashing on the packet path.
+//!
+//! Signalling talks to media only through [`Media`]: `allocate` (a pop from the owning thread's
+//! free list, no syscall on the worker), then commands over a bounded channel (`open`, `remote`,
+//! `close`). The media thread binds the sockets when it gets `open`; RTP only flows after the
+//! answer, long after.
+
+mod relay;
+pub mod sdp;
+
+use crate::config::MediaConfig;
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Which leg a port belongs to: A faces the caller, B the callee.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leg {
+    A,
+    B,
+}
+
+/// Ports per block: RTP and RTCP for each of the two legs.
+pub const BLOCK_PORTS: u16 = 4;
+/// A latch follows the newest source for this long after the SDP changes (SPEC §3.8).
+pub const LATCH_WINDOW_MS: u64 = 2_000;
+
+/// What a media thread is told.
+#[derive(Debug)]
+pub enum Command {
+    /// Bind the block's sockets and start relaying.
+    Open {
+        block: u32,
+    },
+    /// Leg `leg`'s endpoint signalled this RTP address (its SDP changed at `at_ms`).
+    Remote {
+        block: u32,
+        leg: Leg,
+        rtp: Option<SocketAddr>,
+        at_ms: u64,
+    },
+    /// Stop relaying, close the sockets and give the block back.
+    Close {
+        block: u32,
+    },
+    Shutdown,
+}
+
+/// Counters one block's thread writes and signalling reads (relaxed: figures, not locks).
+#[derive(Default)]
+#[repr(align(64))]
+pub struct BlockCounters {
+    pub a_packets: AtomicU64,
+    pub a_bytes: AtomicU64,
+    pub b_packets: AtomicU64,
+    pub b_bytes: AtomicU64,
+    /// Unix ms of the last packet relayed either way (0: none yet).
+    pub last_rx_ms: AtomicU64,
+}
+
+impl BlockCounters {
+    fn reset(&self) {
+        for c in [
+            &self.a_packets,
+            &self.a_bytes,
+            &self.b_packets,
+            &self.b_bytes,
+            &self.last_rx_ms,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Process-wide media figures for `/metrics`.
+#[derive(Default)]
+pub struct MediaStats {
+    pub sessions_active: AtomicI64,
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    pub dropped_stray: AtomicU64,
+    pub dropped_no_session: AtomicU64,
+}
+
+/// Packet and byte counts of one call's media (CDR `a_packets` ...).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MediaCounts {
+    pub a_packets: u64,
+    pub a_bytes: u64,
+    pub b_packets: u64,
+    pub b_bytes: u64,
+}
+
+struct Shared {
+    /// First port of block 0 (even).
+    base: u16,
+    blocks: u32,
+    advertise: IpAddr,
+    bind: IpAddr,
+    counters: Box<[BlockCounters]>,
+    stats: MediaStats,
+}
+
+/// The signalling side's handle: cheap to clone, one per worker.
+#[derive(Clone)]
+pub struct Media {
+    shared: Arc<Shared>,
+    /// Per media thread: its free blocks and its command channel.
+    free: Vec<(Sender<u32>, Receiver<u32>)>,
+    commands: Vec<Sender<Command>>,
+    wakers: Vec<Arc<mio::Waker>>,
+    /// Set while the thread sleeps in `poll`: only then does a command pay for a wake-up.
+    parked: Vec<Arc<AtomicBool>>,
+}
+
+/// A block allocated to a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block(pub u32);
+
+impl Media {
+    /// Starts `cfg.workers` media threads over `[port_min, port_max]`.
+    pub fn start(
+        cfg: &MediaConfig,
+        advertise: IpAddr,
+    ) -> std::io::Result<(Media, Vec<std::thread::JoinHandle<()>>)> {
+        let bind: IpAddr = cfg.address.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let base = cfg.port_min + (cfg.port_min % 2);
+        let span = u32::from(cfg.port_max.saturating_sub(base)) + 1;
+        let blocks = span / u32::from(BLOCK_PORTS);
+        let threads = cfg.workers.max(1);
+        let shared = Arc::new(Shared {
+            base,
+            blocks,
+            advertise,
+            bind,
+            counters: (0..blocks).map(|_| BlockCounters::default()).collect(),
+            stats: MediaStats::default(),
+        });
+        let mut free = Vec::with_capacity(threads);
+        let mut commands = Vec::with_capacity(threads);
+        let mut wakers = Vec::with_capacity(threads);
+        let mut handles = Vec::with_capacity(threads);
+        let mut parked = Vec::with_capacity(threads);
+        for t in 0..threads {
+            let owned: Vec<u32> = (0..blocks).filter(|b| *b as usize % threads == t).collect();
+            let (ftx, frx) = bounded(owned.len().max(1));
+            for b in &owned {
+                let _ = ftx.try_send(*b);
+            }
+            let (ctx, crx) = bounded(64 * 1024);
+            let poll = mio::Poll::new()?;
+            let waker = Arc::new(mio::Waker::new(poll.registry(), relay::WAKER)?);
+            let flag = Arc::new(AtomicBool::new(false));
+            let relay = relay::Relay::new(poll, shared.clone(), crx, ftx.clone(), flag.clone());
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("media-{t}"))
+                    .spawn(move || relay.run())?,
+            );
+            free.push((ftx, frx));
+            commands.push(ctx);
+            wakers.push(waker);
+            parked.push(flag);
+        }
+        Ok((
+            Media {
+                shared,
+                free,
+                commands,
+                wakers,
+                parked,
+            },
+            handles,
+        ))
+    }
+
+    /// A free block from the thread `hint` maps to (or any other), its sockets opening; None
+    /// when every port is taken (SPEC §3.8: 503 "No media ports").
+    pub fn allocate(&self, hint: u64) -> Option<Block> {
+        let n = self.free.len();
+        for i in 0..n {
+            let t = (hint as usize + i) % n;
+            if let Ok(b) = self.free[t].1.try_recv() {
+                self.shared.counters[b as usize].reset();
+                self.shared
+                    .stats
+                    .sessions_active
+                    .fetch_add(1, Ordering::Relaxed);
+                self.send(b, Command::Open { block: b });
+                return Some(Block(b));
+            }
+        }
+        None
+    }
+
+    /// The first port of leg `leg` of `block` (RTP; RTCP is the next one).
+    pub fn port(&self, block: Block, leg: Leg) -> u16 {
+        let first = self.shared.base + (block.0 * u32::from(BLOCK_PORTS)) as u16;
+        match leg {
+            Leg::A => first,
+            Leg::B => first + 2,
+        }
+    }
+
+    /// The address written into SDP.
+    pub fn advertise(&self) -> IpAddr {
+        self.shared.advertise
+    }
+
+    pub fn set_remote(&self, block: Block, leg: Leg, rtp: Option<SocketAddr>, at_ms: u64) {
+        self.send(
+            block.0,
+            Command::Remote {
+                block: block.0,
+                leg,
+                rtp,
+                at_ms,
+            },
+        );
+    }
+
+    /// Ends the block's session; its counts as they stand now (the CDR's).
+    pub fn release(&self, block: Block) -> MediaCounts {
+        let counts = self.counts(block);
+        self.shared
+            .stats
+            .sessions_active
+            .fetch_sub(1, Ordering::Relaxed);
+        self.send(block.0, Command::Close { block: block.0 });
+        counts
+    }
+
+    pub fn counts(&self, block: Block) -> MediaCounts {
+        let c = &self.shared.counters[block.0 as usize];
+        MediaCounts {
+            a_packets: c.a_packets.load(Ordering::Relaxed),
+            a_bytes: c.a_bytes.load(Ordering::Relaxed),
+            b_packets: c.b_packets.load(Ordering::Relaxed),
+            b_bytes: c.b_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Unix ms of the block's last relayed packet (0: none yet).
+    pub fn last_packet_ms(&self, block: Block) -> u64 {
+        self.shared.counters[block.0 as usize]
+            .last_rx_ms
+            .load(Ordering::Relaxed)
+    }
+
+    pub fn stats(&self) -> &MediaStats {
+        &self.shared.stats
+    }
+
+    /// Blocks in the range (calls that can have media at once).
+    pub fn capacity(&self) -> u32 {
+        self.shared.blocks
+    }
+
+    /// Stops every media thread (they close their sockets).
+    pub fn shutdown(&self) {
+        for (c, w) in self.commands.iter().zip(&self.wakers) {
+            let _ = c.try_send(Command::Shutdown);
+            let _ = w.wake();
+        }
+    }
+
+    fn send(&self, block: u32, cmd: Command) {
+        let t = block as usize % self.commands.len();
+        match self.commands[t].try_send(cmd) {
+            Ok(()) => {
+                if self.parked[t].load(Ordering::SeqCst) {
+                    let _ = self.wakers[t].wake();
+                }
+            }
+            // 64k queued commands: the media thread is stuck; the call goes on without media
+            // rather than stall a signalling worker.
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                tracing::error!(thread = t, "media command queue full");
+            }
+        }
+    }
+}
