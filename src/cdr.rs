@@ -115,6 +115,10 @@ pub struct CallRecord {
     /// Media received from the callee.
     pub b_packets: u64,
     pub b_bytes: u64,
+    /// The media block the call's packets went through: the runtime reads its counts into the
+    /// fields above and frees it when the record is written (not part of the CDR).
+    #[serde(skip)]
+    pub media_block: Option<u32>,
 }
 
 /// `duration_s` for a call answered at `answer_ms` (if at all) that ended at `end_ms`.
@@ -342,7 +346,8 @@ fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().append(true).create(true).open(path)
 }
 
-/// What woke the writer thread.
+/// What woke the writer thread (a transient value on the writer's stack: its size is moot).
+#[allow(clippy::large_enum_variant)]
 enum Wake {
     Record(CallRecord),
     SyncDue,
@@ -551,6 +556,7 @@ mod tests {
             a_bytes: 516_000,
             b_packets: 2990,
             b_bytes: 514_280,
+            media_block: None,
         }
     }
 

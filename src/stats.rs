@@ -357,6 +357,33 @@ pub fn render(stats: &[WorkerStats]) -> String {
     out
 }
 
+/// SPEC §4's media metrics, from the media threads' shared counters.
+pub fn render_media(m: &crate::media::MediaStats, out: &mut String) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(
+        out,
+        "# HELP sipedge_media_sessions_active Calls with media ports allocated.\n# TYPE sipedge_media_sessions_active gauge\nsipedge_media_sessions_active {}",
+        m.sessions_active.load(Relaxed).max(0)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP sipedge_media_packets_total RTP/RTCP packets relayed.\n# TYPE sipedge_media_packets_total counter\nsipedge_media_packets_total {}",
+        m.packets.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP sipedge_media_bytes_total RTP/RTCP bytes relayed.\n# TYPE sipedge_media_bytes_total counter\nsipedge_media_bytes_total {}",
+        m.bytes.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP sipedge_media_dropped_total Media packets not relayed.\n# TYPE sipedge_media_dropped_total counter\nsipedge_media_dropped_total{{reason=\"stray\"}} {}\nsipedge_media_dropped_total{{reason=\"no_session\"}} {}",
+        m.dropped_stray.load(Relaxed),
+        m.dropped_no_session.load(Relaxed)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use api_common::Api;
 use common::sip_peer::{Outgoing, Peer, SipMsg};
 use common::*;
 use serde_json::json;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(3);
@@ -846,6 +846,215 @@ fn origination_at_the_targets_max_calls_gets_486_and_drop_unknown_drops_stranger
     assert_eq!(
         s.server
             .metric_or_zero("sipedge_calls_rejected_total{reason=\"unknown_source\"}"),
+        1.0
+    );
+}
+
+// ---- media (SPEC §3.8) ---------------------------------------------------------------------
+
+/// The `m=audio` port and the `c=` address of an SDP body.
+fn sdp_media(body: &str) -> (String, u16) {
+    let c = body
+        .lines()
+        .find_map(|l| l.strip_prefix("c="))
+        .unwrap_or_else(|| panic!("no c= in {body}"))
+        .to_string();
+    let port = body
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no m=audio in {body}"));
+    (c, port)
+}
+
+/// A 172-byte RTP packet.
+fn rtp(seq: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 172];
+    p[0] = 0x80;
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p
+}
+
+/// Sends RTP from `from` to 127.0.0.1:`port` until `to` hears it (the media thread opens a
+/// call's sockets asynchronously); returns the source it arrived from.
+fn rtp_until_heard(from: &UdpSocket, port: u16, to: &UdpSocket) -> SocketAddr {
+    to.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        from.send_to(&rtp(1), ("127.0.0.1", port)).unwrap();
+        if let Ok((n, src)) = to.recv_from(&mut buf) {
+            assert_eq!(&buf[..n], &rtp(1)[..], "relayed byte for byte");
+            return src;
+        }
+    }
+    panic!("no RTP relayed through port {port}");
+}
+
+/// A trunk call's media goes through sipedge: each side's SDP names sipedge's address and a
+/// port of the call's own (never the other side's), RTP flows both ways through those ports,
+/// and the CDR counts it.
+#[test]
+fn media_is_anchored_with_sdp_rewritten_and_rtp_relayed_both_ways() {
+    let gw = Peer::new();
+    let s = setup_with(&[&gw], "");
+    let pbx = Peer::on(TRUNK_IP);
+    let pbx_rtp = UdpSocket::bind((TRUNK_IP, 0)).unwrap();
+    let gw_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let pbx_port = pbx_rtp.local_addr().unwrap().port();
+    let gw_port = gw_rtp.local_addr().unwrap().port();
+
+    let offer = common::sip_peer::sdp_offer(TRUNK_IP.parse().unwrap(), pbx_port);
+    let inv = pbx.invite_with_body(
+        &format!("sip:{CALLED}@{}", sbc(&s)),
+        TRUNK_NUMBER,
+        CALLED,
+        "sbc.test",
+        &[],
+        &offer,
+    );
+    pbx.send(&inv, sbc(&s));
+    let b = gw
+        .recv_request("INVITE", WAIT)
+        .expect("INVITE to the gateway");
+    assert!(
+        !b.body().contains(TRUNK_IP),
+        "no PBX address toward the core:\n{}",
+        b.body()
+    );
+    let (c_b, port_b) = sdp_media(b.body());
+    assert_eq!(c_b, "IN IP4 127.0.0.1");
+    assert_ne!(port_b, pbx_port);
+    assert!(
+        b.body().contains("a=rtpmap:101 telephone-event/8000"),
+        "the rest is kept"
+    );
+
+    gw.reply(&b, 180, "Ringing", &[], "");
+    let answer_sdp = common::sip_peer::sdp_offer("127.0.0.1".parse().unwrap(), gw_port);
+    gw.reply(&b, 200, "OK", &[], &answer_sdp);
+    let ok = final_for(&pbx);
+    assert_eq!(ok.code(), Some(200));
+    let (c_a, port_a) = sdp_media(ok.body());
+    assert_eq!(c_a, "IN IP4 127.0.0.1");
+    assert_ne!(port_a, gw_port, "no core port toward the PBX");
+    assert_ne!(port_a, port_b, "each leg has its own ports");
+    pbx.ack_2xx(&inv, &ok, sbc(&s));
+    gw.recv_request("ACK", WAIT).expect("ACK relayed");
+
+    let src = rtp_until_heard(&pbx_rtp, port_a, &gw_rtp);
+    assert_eq!(src.port(), port_b, "PBX -> core leaves from the B-leg port");
+    let src = rtp_until_heard(&gw_rtp, port_b, &pbx_rtp);
+    assert_eq!(src.port(), port_a, "core -> PBX leaves from the A-leg port");
+    assert!(s.server.metric_or_zero("sipedge_media_sessions_active") >= 1.0);
+    assert!(s.server.metric_or_zero("sipedge_media_packets_total") >= 2.0);
+
+    pbx.in_dialog_uac("BYE", &inv, &ok, "", sbc(&s));
+    let b_bye = gw.recv_request("BYE", WAIT).expect("BYE relayed");
+    gw.reply(&b_bye, 200, "OK", &[], "");
+    let lines = cdrs(&s, 1);
+    let c = &lines[0];
+    assert!(c["a_packets"].as_u64().unwrap() >= 1, "{c}");
+    assert!(c["b_packets"].as_u64().unwrap() >= 1, "{c}");
+    assert_eq!(
+        c["a_bytes"].as_u64().unwrap(),
+        172 * c["a_packets"].as_u64().unwrap()
+    );
+    let deadline = Instant::now() + WAIT;
+    while s.server.metric_or_zero("sipedge_media_sessions_active") > 0.0 {
+        assert!(Instant::now() < deadline, "the call's ports were not freed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A trunk limited to PCMA: an offer of PCMU only is refused with 488 (and a CDR); an offer
+/// with both reaches the core with PCMA (and telephone-event) only.
+#[test]
+fn codec_filtering_removes_codecs_and_refuses_with_488_when_none_is_left() {
+    let gw = Peer::new();
+    let s = setup_with(&[&gw], "");
+    s.api.expect(
+        "PATCH",
+        "/api/v1/trunks/pbx-trunk",
+        Some(json!({"codecs": ["PCMA"]})),
+        200,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let pbx = Peer::on(TRUNK_IP);
+    let pcmu_only = "v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n\
+                     m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+                     a=rtpmap:101 telephone-event/8000\r\n";
+    let inv = pbx.invite_with_body(
+        &format!("sip:{CALLED}@{}", sbc(&s)),
+        TRUNK_NUMBER,
+        CALLED,
+        "sbc.test",
+        &[],
+        pcmu_only,
+    );
+    pbx.send(&inv, sbc(&s));
+    let r = final_for(&pbx);
+    assert_eq!(r.code(), Some(488), "{}", r.raw);
+    gw.expect_silence(Duration::from_millis(200), "no INVITE for a refused codec");
+    let lines = cdrs(&s, 1);
+    assert_eq!(lines[0]["end_reason"], "rejected");
+    assert_eq!(
+        s.server
+            .metric_or_zero("sipedge_calls_rejected_total{reason=\"codec\"}"),
+        1.0
+    );
+
+    let (_inv, b) = trunk_invite(&s, &pbx, &gw, TRUNK_NUMBER, CALLED);
+    let body = b.body();
+    let m = body.lines().find(|l| l.starts_with("m=audio")).unwrap();
+    assert!(m.ends_with(" 8 101"), "PCMA and telephone-event left: {m}");
+    assert!(!body.contains("PCMU"), "{body}");
+    assert!(body.contains("a=rtpmap:8 PCMA/8000"), "{body}");
+}
+
+/// An answered call without any media for `media.timeout_s` is ended with BYE on both legs
+/// (CDR end_reason media_timeout).
+#[test]
+fn silent_media_ends_the_call_with_bye_on_both_legs() {
+    let gw = Peer::new();
+    let s = setup_with(&[&gw], "[media]\ntimeout_s = 1\n");
+    let pbx = Peer::on(TRUNK_IP);
+    let (inv, b) = trunk_invite(&s, &pbx, &gw, TRUNK_NUMBER, CALLED);
+    answer(&s, &pbx, &gw, &inv, &b);
+    let long = Duration::from_secs(4);
+    let a_bye = pbx.recv_request("BYE", long).expect("BYE to the caller");
+    pbx.reply(&a_bye, 200, "OK", &[], "");
+    let b_bye = gw.recv_request("BYE", long).expect("BYE to the callee");
+    gw.reply(&b_bye, 200, "OK", &[], "");
+    let lines = cdrs(&s, 1);
+    assert_eq!(lines[0]["end_reason"], "media_timeout", "{lines:?}");
+}
+
+/// With every media port taken, a new call is refused with 503 "No media ports".
+#[test]
+fn a_call_without_free_media_ports_gets_503() {
+    let gw = Peer::new();
+    // One block of four ports, above the range the other tests' servers use.
+    let base = 58_200 + (std::process::id() % 300) as u16 * 4;
+    let s = setup_with(
+        &[&gw],
+        &format!("[media]\nport_min = {base}\nport_max = {}\n", base + 3),
+    );
+    let pbx = Peer::on(TRUNK_IP);
+    let (_first, _b) = trunk_invite(&s, &pbx, &gw, TRUNK_NUMBER, CALLED);
+    dial(&s, &pbx, TRUNK_NUMBER, CALLED);
+    let r = final_for(&pbx);
+    assert_eq!(r.code(), Some(503), "{}", r.raw);
+    assert!(
+        r.raw.starts_with("SIP/2.0 503 No media ports\r\n"),
+        "{}",
+        r.raw
+    );
+    assert_eq!(
+        s.server
+            .metric_or_zero("sipedge_calls_rejected_total{reason=\"media_ports\"}"),
         1.0
     );
 }

@@ -136,11 +136,16 @@ async fn health(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    let s2 = s.clone();
     let stats = tokio::task::spawn_blocking(move || s.collect_stats())
         .await
         .unwrap_or_default();
+    let mut text = crate::stats::render(&stats);
+    if let Some(m) = &s2.media {
+        crate::stats::render_media(m.stats(), &mut text);
+    }
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        crate::stats::render(&stats),
+        text,
     )
 }

@@ -11,7 +11,7 @@
 //! call's route state (gateway plan and position, account). Must not: touch sockets, clocks or
 //! other shards.
 
-use super::{CallId, CallParams, Calls, Out, Port};
+use super::{CallId, CallMedia, CallParams, Calls, Out, Port, StartError};
 use crate::cdr::{CallRecord, Direction, EndReason};
 use crate::config::{Config, LimitsConfig};
 use crate::fasthash::FastMap;
@@ -123,8 +123,27 @@ struct Account {
     max_cps: f64,
 }
 
+/// Where a call's media ports come from (the runtime's media threads). Allocation must not
+/// block: it is a pop from a free list.
+pub trait MediaPorts: Send {
+    /// A block of four ports for a new call (`codecs` left empty); None when none is free.
+    fn allocate(&self, hint: u64) -> Option<CallMedia>;
+    /// Gives back a block whose call never started.
+    fn release(&self, block: u32);
+}
+
+/// How [`Desk::start_anchored`] went.
+enum Started {
+    Call(CallId),
+    /// A retransmission or a 483: no call, nothing to keep.
+    Absorbed,
+    Refused(RejectMetric, Refusal),
+}
+
 pub struct Desk {
     pub calls: Calls,
+    /// None: calls are not anchored (SDP relayed unchanged).
+    media: Option<Box<dyn MediaPorts>>,
     cfg: DeskConfig,
     gateways: Gateways,
     accounts: FastMap<Box<[u8]>, Account>,
@@ -146,12 +165,73 @@ impl Desk {
         calls.set_gateway_timeout(cfg.gateway_timeout_ms);
         Desk {
             calls,
+            media: None,
             cfg,
             gateways,
             accounts: FastMap::default(),
             routes: FastMap::default(),
             stats: CallStats::default(),
             rng: seed | 1,
+        }
+    }
+
+    /// Anchors every call's media from now on (SPEC §3.8).
+    pub fn set_media(&mut self, media: Box<dyn MediaPorts>) {
+        self.media = Some(media);
+    }
+
+    /// Starts the call with media ports from the pool (and the account's codec filter), or
+    /// says why not: no free ports (503), or no codec left in the offer (488).
+    #[allow(clippy::too_many_arguments)]
+    fn start_anchored(
+        &mut self,
+        now: u64,
+        src: SocketAddr,
+        arrived: Port,
+        msg: &Message<'_>,
+        req: &RequestHeaders<'_>,
+        p: CallParams<'_>,
+        codecs: &[Box<str>],
+        out: &mut Vec<Out>,
+    ) -> Started {
+        let media = match &self.media {
+            None => None,
+            Some(pool) => match pool.allocate(self.rng) {
+                Some(mut m) => {
+                    m.codecs = codecs.into();
+                    Some(m)
+                }
+                None => {
+                    return Started::Refused(
+                        RejectMetric::MediaPorts,
+                        Refusal::new(503, "No media ports"),
+                    )
+                }
+            },
+        };
+        let p = CallParams {
+            media: media.as_ref(),
+            ..p
+        };
+        let started = self.calls.start(now, src, arrived, msg, req, &p, out);
+        let give_back = |desk: &Self| {
+            if let (Some(pool), Some(m)) = (&desk.media, &media) {
+                pool.release(m.block);
+            }
+        };
+        match started {
+            Ok(Some(id)) => Started::Call(id),
+            Ok(None) => {
+                give_back(self);
+                Started::Absorbed
+            }
+            Err(StartError::NoCodec) => {
+                give_back(self);
+                Started::Refused(
+                    RejectMetric::Codec,
+                    Refusal::new(488, "Not Acceptable Here"),
+                )
+            }
         }
     }
 
@@ -338,9 +418,10 @@ impl Desk {
             tenant,
             account,
             failover: true,
+            media: None,
         };
-        match self.calls.start(now, src, arrived, msg, req, &p, out) {
-            Some(id) => {
+        match self.start_anchored(now, src, arrived, msg, req, p, &policy.codecs, out) {
+            Started::Call(id) => {
                 self.routes.insert(
                     id,
                     Route {
@@ -354,10 +435,15 @@ impl Desk {
                 self.stats.started(dir);
                 Ok(Some(id))
             }
-            None => {
+            Started::Absorbed => {
                 // Answered without a call (483): its CDR is out; the capacity goes back.
                 self.release(key);
                 Ok(None)
+            }
+            Started::Refused(metric, refusal) => {
+                self.release(key);
+                let rec = attempt(now, dir, tenant, account, &from, &to);
+                Err(self.refuse(rec, metric, refusal, out))
             }
         }
     }
@@ -396,11 +482,16 @@ impl Desk {
         let to = number.as_str().to_owned();
         let tenant = route.tenant.as_deref();
         let mut key = SmallVec::<[u8; 128]>::new();
+        // The target account's codec filter applies to the core's offer.
+        let mut codecs: Box<[Box<str>]> = Box::default();
         let (target, ruri, account, provisioned): (Option<SocketAddr>, String, String, _) =
             match &route.target {
                 RouteTarget::Credential(k) => {
                     key.extend_from_slice(k);
                     let cred = snap.credentials.get(&k[..]);
+                    if let Some(c) = cred {
+                        codecs = c.policy.codecs.clone();
+                    }
                     let account = lossy(k);
                     match bindings.live(k, now) {
                         Some(b) => (
@@ -425,6 +516,7 @@ impl Desk {
                         return Err(Refusal::new(404, "Not Found"));
                     };
                     trunk_key(&t.name, &mut key);
+                    codecs = t.policy.codecs.clone();
                     let target = parse_sip_target(&t.destination).ok().map(|(a, _)| a);
                     (
                         target,
@@ -480,9 +572,10 @@ impl Desk {
             tenant,
             account: &account,
             failover: false,
+            media: None,
         };
-        match self.calls.start(now, src, arrived, msg, req, &p, out) {
-            Some(id) => {
+        match self.start_anchored(now, src, arrived, msg, req, p, &codecs, out) {
+            Started::Call(id) => {
                 self.routes.insert(
                     id,
                     Route {
@@ -496,11 +589,18 @@ impl Desk {
                 self.stats.started(dir);
                 Ok(Some(id))
             }
-            None => {
+            Started::Absorbed => {
                 if !key.is_empty() {
                     self.release(&key);
                 }
                 Ok(None)
+            }
+            Started::Refused(metric, refusal) => {
+                if !key.is_empty() {
+                    self.release(&key);
+                }
+                let rec = attempt(now, dir, tenant, &account, &from, &to);
+                Err(self.refuse(rec, metric, refusal, out))
             }
         }
     }
@@ -746,6 +846,7 @@ fn attempt(
         a_bytes: 0,
         b_packets: 0,
         b_bytes: 0,
+        media_block: None,
     }
 }
 

@@ -36,7 +36,7 @@ use crate::sip::scan::{Message, Method, StartLine};
 use crate::sip::transaction::TIMER_J_UDP_MS;
 use crate::sip::write::{reason, response_destination};
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// A call of this table; the shard is in the top 16 bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,6 +79,12 @@ pub enum Out {
     Cdr(CallRecord),
     /// The call ended: its capacity (limits, media) may be freed. Emitted with the CDR.
     Ended { call: CallId },
+    /// Leg `leg`'s endpoint signalled where it wants RTP (its SDP passed through just now).
+    Media {
+        block: u32,
+        leg: crate::media::Leg,
+        rtp: Option<SocketAddr>,
+    },
     /// The B leg failed with 408 (no answer, Timer B) or a 5xx and the call was started with
     /// `failover`: the caller either [`Calls::retry`]s with the next gateway or
     /// [`Calls::give_up`]s (SPEC §3.4, "503 No route"). The A leg keeps waiting meanwhile.
@@ -117,6 +123,29 @@ pub struct CallParams<'p> {
     pub account: &'p str,
     /// 408/5xx/timeouts on B become [`Out::Failed`] instead of being relayed.
     pub failover: bool,
+    /// The call's media ports (SPEC §3.8), or None: SDP relayed unchanged.
+    pub media: Option<&'p CallMedia>,
+}
+
+/// A call's anchored media: the block the media threads relay it through, and the policy its
+/// SDP is rewritten with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallMedia {
+    pub block: u32,
+    /// RTP port facing leg A (written into SDP sent to A); RTCP is the next one.
+    pub a_port: u16,
+    /// RTP port facing leg B.
+    pub b_port: u16,
+    pub advertise: IpAddr,
+    /// Audio codecs the account allows (empty: any).
+    pub codecs: Box<[Box<str>]>,
+}
+
+/// [`Calls::start`] refused the call before anything was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartError {
+    /// Codec filtering left the offer without an audio codec (SPEC §3.8: 488).
+    NoCodec,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,6 +282,7 @@ struct Call {
     awaiting_retry: bool,
     failover: bool,
     record: CallRecord,
+    media: Option<CallMedia>,
     ended: bool,
     /// After the end, the call lingers to absorb retransmissions (BYE, ACK).
     linger_until: u64,
@@ -311,11 +341,45 @@ pub fn shard_of_tag(tag: &[u8]) -> Option<u16> {
     shard_of_call_id(tag)
 }
 
-/// Media anchoring plugs in here (issue 5: rewrite `o=`/`c=`/`m=` to sipedge's media ports).
-/// Every SDP body relayed from `_from` toward the other leg passes through this function; until
-/// then bodies are relayed unchanged.
-fn relay_sdp<'b>(_call: &mut Call, _from: Side, body: &'b [u8]) -> &'b [u8] {
-    body
+/// Every SDP body relayed from `from` toward the other leg passes through here (SPEC §3.8): its
+/// addresses and ports become sipedge's media ports facing the receiving leg, its audio codecs
+/// are narrowed to the account's, and the media threads learn where `from`'s endpoint wants RTP.
+/// A call without media, an empty body or one that is not SDP passes unchanged; a filter that
+/// would leave no codec on a later offer is not applied (only the first offer can still be
+/// refused with 488, in [`Calls::start`]).
+fn relay_sdp(call: &mut Call, from: Side, body: &[u8], out: &mut Vec<Out>) -> Vec<u8> {
+    let Some(m) = call.media.as_ref() else {
+        return body.to_vec();
+    };
+    if body.is_empty() {
+        return Vec::new();
+    }
+    let port = match from {
+        Side::A => m.b_port,
+        Side::B => m.a_port,
+    };
+    let mut rewritten = Vec::with_capacity(body.len() + 32);
+    let allowed = (!m.codecs.is_empty()).then_some(&m.codecs[..]);
+    let lines =
+        match crate::media::sdp::rewrite(body, m.advertise, &[port], allowed, &mut rewritten) {
+            Ok(lines) => lines,
+            Err(crate::media::sdp::SdpError::NoCodecLeft) => {
+                match crate::media::sdp::rewrite(body, m.advertise, &[port], None, &mut rewritten) {
+                    Ok(lines) => lines,
+                    Err(_) => return body.to_vec(),
+                }
+            }
+            Err(crate::media::sdp::SdpError::Malformed) => return body.to_vec(),
+        };
+    out.push(Out::Media {
+        block: m.block,
+        leg: match from {
+            Side::A => crate::media::Leg::A,
+            Side::B => crate::media::Leg::B,
+        },
+        rtp: lines.first().and_then(|l| l.remote),
+    });
+    rewritten
 }
 
 /// The call table of one shard.
@@ -384,7 +448,8 @@ impl Calls {
     /// A new INVITE, already classified, authenticated, limit-checked and routed by the caller:
     /// answers `100 Trying` on the A leg and sends the B-leg INVITE. Returns the call, or None
     /// when the INVITE was answered here without a call (a retransmission of a known INVITE, or
-    /// `483` for Max-Forwards 0, which also writes the attempt's CDR).
+    /// `483` for Max-Forwards 0, which also writes the attempt's CDR). Refuses, having sent
+    /// nothing, an offer whose codecs the account's filter removes entirely.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         &mut self,
@@ -395,11 +460,27 @@ impl Calls {
         req: &RequestHeaders<'_>,
         p: &CallParams<'_>,
         out: &mut Vec<Out>,
-    ) -> Option<CallId> {
+    ) -> Result<Option<CallId>, StartError> {
         let a_tag = req.from.tag.unwrap_or_default();
         if self.knows_a(req.call_id, a_tag) {
             self.handle(now, a_src, arrived, invite, out);
-            return None;
+            return Ok(None);
+        }
+        if let Some(m) = p
+            .media
+            .filter(|m| !m.codecs.is_empty() && !invite.body.is_empty())
+        {
+            let mut scratch = Vec::new();
+            let filtered = crate::media::sdp::rewrite(
+                invite.body,
+                m.advertise,
+                &[m.b_port],
+                Some(&m.codecs[..]),
+                &mut scratch,
+            );
+            if filtered == Err(crate::media::sdp::SdpError::NoCodecLeft) {
+                return Err(StartError::NoCodec);
+            }
         }
         let resp_dest = Dest {
             addr: response_destination(a_src, &req.via),
@@ -436,6 +517,7 @@ impl Calls {
             a_bytes: 0,
             b_packets: 0,
             b_bytes: 0,
+            media_block: p.media.map(|m| m.block),
         };
         //= https://www.rfc-editor.org/rfc/rfc3261#section-16.3
         //# If the request does not contain a Max-Forwards header field, this check is passed. If
@@ -451,8 +533,10 @@ impl Calls {
                 let mut record = record;
                 record.final_code = 483;
                 record.end_reason = EndReason::Rejected;
+                // No call: the caller gives the media block back, not the CDR's writer.
+                record.media_block = None;
                 out.push(Out::Cdr(record));
-                return None;
+                return Ok(None);
             }
             Some(n) => n - 1,
             None => 70,
@@ -542,11 +626,12 @@ impl Calls {
             awaiting_retry: false,
             failover: p.failover,
             record,
+            media: p.media.cloned(),
             ended: false,
             linger_until: 0,
             scheduled: None,
         };
-        let body = relay_sdp(&mut call, Side::A, invite.body).to_vec();
+        let body = relay_sdp(&mut call, Side::A, invite.body, out);
         let txn = self.b_invite(now, &mut call, Some(origin), &body);
         call.txns.push(txn);
         if let Some(t) = call.txns.last() {
@@ -562,7 +647,7 @@ impl Calls {
         self.calls.insert(id, call);
         self.active += 1;
         self.settle(now, id, false);
-        Some(id)
+        Ok(Some(id))
     }
 
     fn new_b_leg(
@@ -663,7 +748,7 @@ impl Calls {
             .and_then(|t| t.origin.take());
         c.txns.retain(|t| !t.initial);
         let body = c.tmpl.body.clone();
-        let body = relay_sdp(&mut c, Side::A, &body).to_vec();
+        let body = relay_sdp(&mut c, Side::A, &body, out);
         let txn = self.b_invite(now, &mut c, origin, &body);
         out.push(Out::Send {
             to: c.b.dest,
@@ -814,6 +899,17 @@ impl Calls {
             .filter(|c| !c.ended)
             .map(|c| c.id)
             .collect()
+    }
+
+    /// Answered live calls with anchored media: (call, media block, answered at), for the media
+    /// timeout (SPEC §3.7: no RTP either way for `media.timeout_s` ends the call).
+    pub fn answered_media(&self) -> impl Iterator<Item = (CallId, u32, u64)> + '_ {
+        self.calls
+            .values()
+            .filter_map(|c| match (&c.media, c.record.answer) {
+                (Some(m), Some(at)) if !c.ended && c.answered => Some((c.id, m.block, at)),
+                _ => None,
+            })
     }
 
     /// The live call whose CDR id (the A-leg To-tag) is `id`.
@@ -1087,7 +1183,7 @@ fn relay_response(
         Some(t) => t.to,
         None => return,
     };
-    let body = relay_sdp(c, from, msg.body).to_vec();
+    let body = relay_sdp(c, from, msg.body, out);
     let me = leg(c, from.other()).me;
     let Some(o) = c.txns.get_mut(ti).and_then(|t| t.origin.as_mut()) else {
         return;
@@ -1391,7 +1487,7 @@ fn relay_request(
         StartLine::Request { method_raw, .. } => method_raw,
         StartLine::Response { .. } => return,
     };
-    let body = relay_sdp(c, side, msg.body).to_vec();
+    let body = relay_sdp(c, side, msg.body, out);
     let branch = ctx.branch();
     let max_forwards = match rq.max_forwards {
         Some(0) => {
@@ -1493,7 +1589,7 @@ fn on_ack(
         return;
     }
     // The ACK for a relayed 2xx: sipedge ACKs the other leg's 2xx itself, with the SDP if any.
-    let body = relay_sdp(c, side, msg.body).to_vec();
+    let body = relay_sdp(c, side, msg.body, out);
     let cseq = c.txns[ti].cseq;
     let to = c.txns[ti].to;
     let ack = ack_2xx(ctx, c, to, cseq, &body);

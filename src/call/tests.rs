@@ -133,6 +133,10 @@ struct Harness {
     ended: Vec<CallId>,
     /// Every message with the socket it went out of.
     ports: Vec<(Dest, String)>,
+    /// Media ports for the calls started (None: SDP passes unchanged).
+    media: Option<CallMedia>,
+    /// What the media threads were told: (leg, endpoint's RTP address).
+    media_outs: Vec<(crate::media::Leg, Option<SocketAddr>)>,
 }
 
 impl Harness {
@@ -145,6 +149,8 @@ impl Harness {
             failed: Vec::new(),
             ended: Vec::new(),
             ports: Vec::new(),
+            media: None,
+            media_outs: Vec::new(),
         }
     }
 
@@ -173,6 +179,7 @@ impl Harness {
                 Out::Cdr(r) => self.cdrs.push(r),
                 Out::Failed { call, code } => self.failed.push((call, code)),
                 Out::Ended { call } => self.ended.push(call),
+                Out::Media { leg, rtp, .. } => self.media_outs.push((leg, rtp)),
             }
         }
         self.sent.extend(sends.iter().cloned());
@@ -198,11 +205,13 @@ impl Harness {
             tenant: Some("acme"),
             account: "alice@pbx.example.com",
             failover,
+            media: self.media.as_ref(),
         };
         let mut out = Vec::new();
         let id = self
             .calls
-            .start(self.now, addr(A_SRC), Port::Main, &m, &rq, &p, &mut out);
+            .start(self.now, addr(A_SRC), Port::Main, &m, &rq, &p, &mut out)
+            .expect("no codec filter in these tests");
         (id, self.take(out))
     }
 
@@ -1042,4 +1051,58 @@ fn answer_racing_a_cancel_is_acked_and_hung_up_on_b() {
     assert_eq!(h.cdrs.len(), 1);
     assert_eq!(h.cdrs[0].end_reason, EndReason::Cancel);
     assert_eq!(h.cdrs[0].answer, None);
+}
+
+/// With media ports, SDP toward each leg names sipedge's media address and that leg's port
+/// (never the other side's address), and the media threads learn each endpoint's RTP address.
+#[test]
+fn anchored_call_rewrites_sdp_toward_each_leg() {
+    let mut h = Harness::new();
+    h.media = Some(CallMedia {
+        block: 3,
+        a_port: 30_000,
+        b_port: 30_002,
+        advertise: "203.0.113.1".parse().unwrap(),
+        codecs: Box::default(),
+    });
+    let (id, sends) = h.start_with(&a_invite("z9hG4bKm1", 70), false);
+    assert!(id.is_some());
+    let b_invite = sends[1].1.clone();
+    let body = b_invite.split("\r\n\r\n").nth(1).unwrap();
+    assert!(body.contains("c=IN IP4 203.0.113.1\r\n"), "{body}");
+    assert!(body.contains("m=audio 30002 RTP/AVP 0\r\n"), "{body}");
+    assert!(
+        !body.contains("10.0.0.5"),
+        "no caller address toward B: {body}"
+    );
+    assert_eq!(
+        hv(&b_invite, "Content-Length"),
+        body.len().to_string(),
+        "Content-Length follows the rewritten body"
+    );
+    assert_eq!(
+        h.media_outs,
+        vec![(crate::media::Leg::A, Some(addr("10.0.0.5:4000")))]
+    );
+
+    h.now = 2_000;
+    let ok = h.b_sends(&respond(
+        &b_invite,
+        200,
+        Some("btag1"),
+        "<sip:gw@198.51.100.20:5060>",
+        SDP_B,
+    ));
+    let a_ok = &only(&ok).1;
+    let body = a_ok.split("\r\n\r\n").nth(1).unwrap();
+    assert!(body.contains("m=audio 30000 RTP/AVP 0\r\n"), "{body}");
+    assert!(
+        !body.contains("198.51.100.20"),
+        "no core address toward A: {body}"
+    );
+    assert_eq!(
+        h.media_outs.last(),
+        Some(&(crate::media::Leg::B, Some(addr("198.51.100.20:5000"))))
+    );
+    assert_eq!(h.calls.answered_media().count(), 1);
 }

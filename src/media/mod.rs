@@ -290,3 +290,20 @@ impl Media {
         }
     }
 }
+
+impl crate::call::desk::MediaPorts for Media {
+    fn allocate(&self, hint: u64) -> Option<crate::call::CallMedia> {
+        let block = Media::allocate(self, hint)?;
+        Some(crate::call::CallMedia {
+            block: block.0,
+            a_port: self.port(block, Leg::A),
+            b_port: self.port(block, Leg::B),
+            advertise: self.shared.advertise,
+            codecs: Box::default(),
+        })
+    }
+
+    fn release(&self, block: u32) {
+        Media::release(self, Block(block));
+    }
+}

@@ -120,6 +120,8 @@ pub struct Shared {
     pub snapshot: Arc<ArcSwap<crate::store::Snapshot>>,
     /// The bearer token every `/api` request must carry.
     pub token: String,
+    /// The media threads (their figures for `/metrics`).
+    pub media: Option<crate::media::Media>,
 }
 
 impl Shared {
@@ -400,6 +402,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let gateway_up: Arc<Vec<AtomicBool>> =
         Arc::new((0..gateways.len()).map(|_| AtomicBool::new(true)).collect());
     let desk_config = crate::call::desk::DeskConfig::new(&config);
+    // SPEC §3.8: every call's media through sipedge, on threads of its own.
+    let media_advertise: IpAddr = if config.media.advertise.is_empty() {
+        local.ip()
+    } else {
+        config.media.advertise.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "media.advertise: must be an IP address, got {:?}",
+                config.media.advertise
+            )
+        })?
+    };
+    raise_open_files_limit();
+    let (media, media_threads) = crate::media::Media::start(&config.media, media_advertise)
+        .context("cannot start the media threads")?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles: Vec<JoinHandle<()>> = Vec::with_capacity(workers);
     let parts = sockets
@@ -428,12 +444,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             opaque: opaque.clone(),
             owners: owners.clone(),
             ip_owners: ip_owners.clone(),
-            desk: crate::call::desk::Desk::new(
-                crate::call::Calls::new(id as u16, local, core_local, rand::random()),
-                desk_config.clone(),
-                gateways.clone(),
-                rand::random(),
-            ),
+            desk: {
+                let mut desk = crate::call::desk::Desk::new(
+                    crate::call::Calls::new(id as u16, local, core_local, rand::random()),
+                    desk_config.clone(),
+                    gateways.clone(),
+                    rand::random(),
+                );
+                desk.set_media(Box::new(media.clone()));
+                desk
+            },
             core: core_sources.clone(),
             cdr: cdr_sender.clone(),
             // Worker 0 pings the gateways for everyone.
@@ -446,6 +466,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }),
             gateway_up: gateway_up.clone(),
             local,
+            media: Some(media.clone()),
+            media_timeout_s: config.media.timeout_s,
         })
         .context("cannot start a worker")?;
         let core = if cores.is_empty() {
@@ -482,6 +504,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         started: Instant::now(),
         config: config.clone(),
         snapshot: shared_snapshot.clone(),
+        media: Some(media.clone()),
     });
     let admin = crate::admin::spawn(admin_listener, shared.clone())?;
 
@@ -508,6 +531,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         p.wake();
     }
     for h in handles {
+        let _ = h.join();
+    }
+    media.shutdown();
+    for h in media_threads {
         let _ = h.join();
     }
     drop(cdr_sender);
@@ -647,4 +674,22 @@ fn random_hex16() -> [u8; 16] {
         *o = HEX[rng.gen_range(0..16)];
     }
     out
+}
+
+/// Each call with media holds four sockets: the soft limit on open files (often 1,024) would cap
+/// sipedge at ~250 calls. Raise it to the hard limit the operator allows.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a live struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("cannot raise the open files limit");
+            }
+        }
+    }
 }

@@ -93,6 +93,9 @@ pub struct Worker {
     local: SocketAddr,
     /// SIGTERM: new INVITEs get 503 Retry-After 30 while calls drain.
     shutting_down_calls: bool,
+    media: Option<crate::media::Media>,
+    media_timeout_s: u32,
+    next_media_check_ms: u64,
     /// The hand-off being sent asks its owner for the slot.
     adopt_request: bool,
     /// The hand-off being handled asked for its slot, for this worker.
@@ -150,6 +153,9 @@ pub struct WorkerParts {
     pub qualify: Option<crate::routing::gateways::Qualify>,
     pub gateway_up: Arc<Vec<std::sync::atomic::AtomicBool>>,
     pub local: SocketAddr,
+    /// The media threads' handle (None: calls are not anchored).
+    pub media: Option<crate::media::Media>,
+    pub media_timeout_s: u32,
 }
 
 impl Worker {
@@ -189,6 +195,9 @@ impl Worker {
             qualify_seq: 0,
             gateway_up: p.gateway_up,
             local: p.local,
+            media: p.media,
+            media_timeout_s: p.media_timeout_s,
+            next_media_check_ms: now_ms,
             shutting_down_calls: false,
             adopt_request: false,
             adopt_for: None,

@@ -122,11 +122,13 @@ impl Server {
             .tempdir()
             .expect("tempdir");
         let data = dir.path().join("data");
+        let (media_min, media_max) = media_range();
         let base = format!(
             "[sip]\nlisten = [\"udp:127.0.0.1:0\"]\nworkers = 2\n\
              [admin]\nlisten = \"127.0.0.1:0\"\ntoken = {tok:?}\n\
              [store]\npath = {store:?}\n\
-             [cdr]\npath = {cdr:?}\n",
+             [cdr]\npath = {cdr:?}\n\
+             [media]\naddress = \"127.0.0.1\"\nport_min = {media_min}\nport_max = {media_max}\n",
             tok = ADMIN_TOKEN,
             store = data.join("sipedge.db").to_str().unwrap(),
             cdr = data.join("cdr.jsonl").to_str().unwrap(),
@@ -450,6 +452,17 @@ impl Server {
     pub fn client_on(&self, ip: &str) -> Client {
         Client::bind(ip, self.sip)
     }
+}
+
+/// A media port range of its own for each server: 200 ports (50 calls) at an offset that
+/// differs between the servers of one test process and, by the process id, between processes.
+fn media_range() -> (u16, u16) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let slots = 38_000 / 200;
+    let slot = (std::process::id().wrapping_mul(7919).wrapping_add(n * 13)) % slots;
+    let min = 20_000 + (slot * 200) as u16;
+    (min, min + 199)
 }
 
 impl Drop for Server {

@@ -488,6 +488,20 @@ impl Peer {
         to_host: &str,
         extra: &[&str],
     ) -> Outgoing {
+        let sdp = sdp_offer(self.addr.ip(), 40000);
+        self.invite_with_body(ruri, from_user, to_user, to_host, extra, &sdp)
+    }
+
+    /// [`Peer::invite`] with a body of the caller's (an SDP offer, or empty for a late offer).
+    pub fn invite_with_body(
+        &self,
+        ruri: &str,
+        from_user: &str,
+        to_user: &str,
+        to_host: &str,
+        extra: &[&str],
+        body: &str,
+    ) -> Outgoing {
         let (via, branch) = self.new_via();
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let call_id = format!("{}-{n}@peer.test", self.uniq);
@@ -503,7 +517,7 @@ impl Peer {
         s.push_str(&format!("Call-ID: {call_id}\r\n"));
         s.push_str("CSeq: 1 INVITE\r\n");
         s.push_str(&format!("Contact: <sip:{from_user}@{addr}>\r\n"));
-        finish(&mut s, extra, &sdp_offer(addr.ip(), 40000));
+        finish(&mut s, extra, body);
         Outgoing {
             text: s,
             call_id,

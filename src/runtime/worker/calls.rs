@@ -26,6 +26,8 @@ const CANCEL_ROUTE_MS: u64 = 32_000;
 /// Qualify OPTIONS carry this Call-ID prefix (then the gateway index) and a From-tag minted for
 /// shard 0, where qualify runs.
 const QUALIFY_CALL_ID: &[u8] = b"qualify-";
+/// How often answered calls are checked for silent media.
+const MEDIA_CHECK_MS: u64 = 1_000;
 
 impl Worker {
     /// A new INVITE (no To-tag).
@@ -283,9 +285,21 @@ impl Worker {
                         super::SendMeta { method, arrived_ns },
                     );
                 }
-                Out::Cdr(rec) => {
+                Out::Cdr(mut rec) => {
+                    // The call's media ends with its record: the counts go into the CDR and
+                    // the ports back to the pool.
+                    if let (Some(block), Some(media)) = (rec.media_block.take(), &self.media) {
+                        let c = media.release(crate::media::Block(block));
+                        (rec.a_packets, rec.a_bytes) = (c.a_packets, c.a_bytes);
+                        (rec.b_packets, rec.b_bytes) = (c.b_packets, c.b_bytes);
+                    }
                     if self.cdr.send(rec).is_err() {
                         self.stats.cdr_dropped += 1;
+                    }
+                }
+                Out::Media { block, leg, rtp } => {
+                    if let Some(media) = &self.media {
+                        media.set_remote(crate::media::Block(block), leg, rtp, self.now_ms);
                     }
                 }
                 Out::Ended { .. } | Out::Failed { .. } => {}
@@ -327,6 +341,44 @@ impl Worker {
         }
         let now = self.now_ms;
         self.cancel_routes.retain(|_, &mut (_, until)| until > now);
+        if now >= self.next_media_check_ms {
+            self.next_media_check_ms = now + MEDIA_CHECK_MS;
+            self.media_timeouts();
+        }
+    }
+
+    /// Ends answered calls whose media has been silent both ways for `media.timeout_s`
+    /// (counted from the answer when no packet came at all): BYE on both legs.
+    fn media_timeouts(&mut self) {
+        let Some(media) = &self.media else {
+            return;
+        };
+        let limit = u64::from(self.media_timeout_s) * 1000;
+        let now = self.now_ms;
+        let silent: SmallVec<[crate::call::CallId; 8]> = self
+            .desk
+            .calls
+            .answered_media()
+            .filter(|&(_, block, answered)| {
+                let last = media
+                    .last_packet_ms(crate::media::Block(block))
+                    .max(answered);
+                now.saturating_sub(last) >= limit
+            })
+            .map(|(id, _, _)| id)
+            .collect();
+        if silent.is_empty() {
+            return;
+        }
+        let mut outs = std::mem::take(&mut self.outs);
+        for id in silent {
+            self.desk
+                .calls
+                .hang_up(now, id, crate::cdr::EndReason::MediaTimeout, &mut outs);
+        }
+        self.desk.after(now, &mut outs);
+        self.carry_out(&mut outs, Method::Bye, unix_ns());
+        self.outs = outs;
     }
 
     fn send_qualify(&mut self, i: usize) {
