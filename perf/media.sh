@@ -1,0 +1,123 @@
+#!/bin/bash
+# RTP relay benchmark: the reference raw recvmmsg/sendmmsg forwarder, rtpengine (userspace,
+# sessions via ng) and sipedge's media relay (perf/mediabench: the `media` module `sipedge run`
+# uses, sessions set up directly), measured in one run on this machine with the kit's blaster,
+# sink and per-step CPU accounting (`rtp_bench.py`). 172-byte RTP, A -> relay -> B.
+#
+# Every relay is started here and stopped by its PID; every step is bounded (packet count and
+# time); all traffic is on 127.0.0.1.
+#
+# usage: perf/media.sh
+# environment (defaults):
+#   SYSTEMS="raw rtpengine sipedge"  which relays to measure, in this order
+#   SESSIONS=4000                    streams for rtpengine and sipedge (raw: 1 socket, 1 stream)
+#   RATES="50000 100000 150000 200000 0"   offered pps per step (0 = blaster flat out)
+#   STEP_S=8                         seconds per step
+#   MEDIA_WORKERS=1                  sipedge media threads (rtpengine: THREADS=2, as in the kit)
+#   SKIP_BUILD=                      1: use target/release/sipedge-mediabench as it is
+#   REF=/tmp/sipedge-ref             scratch copy of shared/reference (copied + installed if missing)
+#   OUT=perf/results/media-<date>.jsonl
+set -u
+PERF=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$PERF")
+SYSTEMS=${SYSTEMS:-"raw rtpengine sipedge"}
+SESSIONS=${SESSIONS:-4000}
+RATES=${RATES:-"50000 100000 150000 200000 0"}
+STEP_S=${STEP_S:-8}
+MEDIA_WORKERS=${MEDIA_WORKERS:-1}
+THREADS=${THREADS:-2}
+REF=${REF:-/tmp/sipedge-ref}
+REF_SRC=${REF_SRC:-$ROOT/../shared/reference}
+[ -d "$REF_SRC" ] || REF_SRC=/work/shared/reference
+STAMP=$(date +%Y%m%d-%H%M%S)
+OUT=${OUT:-$PERF/results/media-$STAMP.jsonl}
+BENCH=$ROOT/target/release/sipedge-mediabench
+WORK=$(mktemp -d /tmp/sipedge-media.XXXXXX)
+mkdir -p "$(dirname "$OUT")"
+
+PID=""
+stop_relay() {
+  if [ -n "$PID" ]; then
+    kill "$PID" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$PID" 2>/dev/null
+    wait "$PID" 2>/dev/null
+    PID=""
+  fi
+}
+trap 'stop_relay; echo "work dir (logs): $WORK"' EXIT
+trap 'exit 130' INT TERM
+log() { echo "== $(date +%H:%M:%S) [load $(cut -d' ' -f1 /proc/loadavg)] $*"; }
+
+if [ ! -x "$REF/bin/udp_fwd" ] || ! command -v rtpengine >/dev/null; then
+  log "reference kit missing: copying $REF_SRC to $REF and running its install.sh"
+  [ -d "$REF" ] || cp -r "$REF_SRC" "$REF"
+  (cd "$REF" && ./install.sh) || { echo "error: reference kit install failed"; exit 1; }
+fi
+if [ -z "${SKIP_BUILD:-}" ]; then
+  log "cargo build --release --bin sipedge-mediabench"
+  (cd "$ROOT" && cargo build --release --bin sipedge-mediabench) || { echo "error: build failed"; exit 1; }
+fi
+{
+  echo "date: $(date -Is)"
+  echo "nproc: $(nproc)"
+  echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
+  echo "kernel: $(uname -r)"
+  echo "uptime: $(uptime)"
+  echo "rtpengine: $(rtpengine --version 2>&1 | head -1)"
+  H=$(cat "$ROOT/.git/HEAD" 2>/dev/null); R=${H#ref: }
+  echo "commit: $( [ "$R" != "$H" ] && cat "$ROOT/.git/$R" 2>/dev/null || echo "$H")"
+  echo "env: SYSTEMS='$SYSTEMS' SESSIONS=$SESSIONS RATES='$RATES' STEP_S=$STEP_S MEDIA_WORKERS=$MEDIA_WORKERS THREADS=$THREADS"
+} | tee -a "${OUT%.jsonl}.meta"
+
+steps() { # label streams ports
+  for R in $RATES; do
+    log "$1: $R pps x ${STEP_S}s over $2 streams"
+    (cd "$REF" && timeout $((STEP_S * 4 + 60)) python3 rtp_bench.py --label "$1" --relay-pid "$PID" \
+      --dst-ports "$3" --streams "$2" --pps "$R" --seconds "$STEP_S" --out "$OUT")
+    sleep 1
+  done
+}
+
+for sys in $SYSTEMS; do
+  case $sys in
+    raw)
+      log "raw forwarder (1 socket, batch 32)"
+      "$REF/bin/udp_fwd" 40000 50000 900 900 >"$WORK/raw.log" 2>&1 &
+      PID=$!; sleep 0.5
+      steps raw-udp-fwd 1 40000
+      ;;
+    rtpengine)
+      log "rtpengine userspace, $THREADS threads, $SESSIONS sessions"
+      rtpengine --config-file=none --foreground --log-stderr --interface=127.0.0.1 \
+        --listen-ng=127.0.0.1:22222 --port-min=10000 --port-max=29999 --table=-1 \
+        --num-threads="$THREADS" --timeout=600 --log-level=5 2>"$WORK/rtpengine.log" &
+      PID=$!; sleep 1.5
+      PORTS=$(cd "$REF" && python3 rtpengine/ng.py 22222 "$SESSIONS") || { echo "error: ng offer/answer failed"; exit 1; }
+      steps "rtpengine-t$THREADS" "$SESSIONS" "$PORTS"
+      ;;
+    sipedge)
+      log "sipedge media relay, $MEDIA_WORKERS media thread(s), $SESSIONS sessions"
+      MAX_S=$(( (STEP_S * 4 + 20) * 6 + 60 ))
+      "$BENCH" --sessions "$SESSIONS" --workers "$MEDIA_WORKERS" --port-min 10000 --seconds "$MAX_S" \
+        >"$WORK/sipedge.out" 2>"$WORK/sipedge.log" &
+      PID=$!
+      for _ in $(seq 100); do grep -q '^ready' "$WORK/sipedge.out" 2>/dev/null && break; sleep 0.1; done
+      PORTS=$(sed -n 's/^ports //p' "$WORK/sipedge.out")
+      [ -n "$PORTS" ] || { echo "error: sipedge-mediabench did not start (see $WORK)"; exit 1; }
+      steps "sipedge-m$MEDIA_WORKERS" "$SESSIONS" "$PORTS"
+      ;;
+    *) echo "unknown system: $sys"; exit 2 ;;
+  esac
+  stop_relay
+done
+
+python3 - "$OUT" <<'EOF' | tee "${OUT%.jsonl}.txt"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print(f"{'relay':<16}{'streams':>8}{'offered':>9}{'relayed pps':>12}{'loss %':>8}{'relay CPU %':>12}{'µs/pkt':>8}{'host %':>8}")
+for r in rows:
+    print(f"{r['label']:<16}{r['streams']:>8}{str(r['offered_pps']):>9}{r['recv_pps']:>12}{r['loss_pct']:>8}"
+          f"{r['relay_cpu_pct']:>12}{str(r['relay_cpu_us_per_pkt']):>8}{r['host_busy_pct']:>8}")
+EOF
+echo "results: $OUT (+ .meta .txt)"
