@@ -1058,3 +1058,131 @@ fn a_call_without_free_media_ports_gets_503() {
         1.0
     );
 }
+
+/// Sets up an answered trunk call with `offer` from the PBX and the gateway's SDP naming
+/// `gw_rtp`; returns (PBX-facing media port, core-facing media port, the gateway's INVITE).
+fn anchored_call(
+    s: &Setup,
+    pbx: &Peer,
+    gw: &Peer,
+    offer: &str,
+    gw_rtp: &UdpSocket,
+) -> (u16, u16, SipMsg) {
+    let inv = pbx.invite_with_body(
+        &format!("sip:{CALLED}@{}", sbc(s)),
+        TRUNK_NUMBER,
+        CALLED,
+        "sbc.test",
+        &[],
+        offer,
+    );
+    pbx.send(&inv, sbc(s));
+    let b = gw
+        .recv_request("INVITE", WAIT)
+        .expect("INVITE to the gateway");
+    let (_, port_b) = sdp_media(b.body());
+    let answer_sdp = common::sip_peer::sdp_offer(
+        "127.0.0.1".parse().unwrap(),
+        gw_rtp.local_addr().unwrap().port(),
+    );
+    gw.reply(&b, 200, "OK", &[], &answer_sdp);
+    let ok = final_for(pbx);
+    assert_eq!(ok.code(), Some(200));
+    let (_, port_a) = sdp_media(ok.body());
+    pbx.ack_2xx(&inv, &ok, sbc(s));
+    gw.recv_request("ACK", WAIT).expect("ACK relayed");
+    (port_a, port_b, b)
+}
+
+/// A PBX behind NAT: its SDP names a port nothing listens on, its RTP comes from another; the
+/// relay latches that source and the gateway's audio reaches it. Once the latch window (2 s
+/// after the SDP) has passed, a packet from a stranger is not relayed and counted as a stray.
+#[test]
+fn a_natted_endpoint_gets_audio_and_a_stray_source_is_not_latched() {
+    let gw = Peer::new();
+    let s = setup_with(&[&gw], "");
+    let pbx = Peer::on(TRUNK_IP);
+    let pbx_rtp = UdpSocket::bind((TRUNK_IP, 0)).unwrap();
+    let gw_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // The SDP says port 9 (discard); the PBX really sends from pbx_rtp.
+    let offer = common::sip_peer::sdp_offer(TRUNK_IP.parse().unwrap(), 9);
+    let (port_a, port_b, _) = anchored_call(&s, &pbx, &gw, &offer, &gw_rtp);
+    rtp_until_heard(&pbx_rtp, port_a, &gw_rtp);
+    gw_rtp.send_to(&rtp(2), ("127.0.0.1", port_b)).unwrap();
+    pbx_rtp
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = pbx_rtp
+        .recv_from(&mut buf)
+        .expect("audio back to the NATed source");
+    assert_eq!(&buf[..n], &rtp(2)[..]);
+
+    std::thread::sleep(Duration::from_millis(2_200));
+    let stray = UdpSocket::bind("127.0.0.5:0").unwrap();
+    let before = s
+        .server
+        .metric_or_zero("sipedge_media_dropped_total{reason=\"stray\"}");
+    for seq in 0..3 {
+        stray
+            .send_to(&rtp(100 + seq), ("127.0.0.1", port_a))
+            .unwrap();
+    }
+    gw_rtp
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        gw_rtp.recv_from(&mut buf).is_err(),
+        "a stray is not relayed"
+    );
+    assert_eq!(
+        s.server
+            .metric_or_zero("sipedge_media_dropped_total{reason=\"stray\"}")
+            - before,
+        3.0
+    );
+    // The latched PBX still gets through.
+    pbx_rtp.send_to(&rtp(7), ("127.0.0.1", port_a)).unwrap();
+    let (n, _) = gw_rtp
+        .recv_from(&mut buf)
+        .expect("the latched source still relayed");
+    assert_eq!(&buf[..n], &rtp(7)[..]);
+}
+
+/// SRTP (RTP/SAVP with a=crypto): the SDP keeps its crypto attribute, only addresses and ports
+/// change, and the encrypted packets cross byte for byte.
+#[test]
+fn srtp_is_relayed_byte_for_byte() {
+    let gw = Peer::new();
+    let s = setup_with(&[&gw], "");
+    let pbx = Peer::on(TRUNK_IP);
+    let pbx_rtp = UdpSocket::bind((TRUNK_IP, 0)).unwrap();
+    let gw_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let crypto = "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:32";
+    let offer = format!(
+        "v=0\r\no=- 7 7 IN IP4 {TRUNK_IP}\r\ns=-\r\nc=IN IP4 {TRUNK_IP}\r\nt=0 0\r\n\
+         m=audio {} RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n{crypto}\r\n",
+        pbx_rtp.local_addr().unwrap().port()
+    );
+    let (port_a, _, b) = anchored_call(&s, &pbx, &gw, &offer, &gw_rtp);
+    assert!(b.body().contains(&format!("{crypto}\r\n")), "{}", b.body());
+    assert!(b.body().contains(" RTP/SAVP 0\r\n"), "{}", b.body());
+    // An "encrypted" packet: arbitrary bytes after an RTP header.
+    let mut srtp = rtp(1);
+    for (i, b) in srtp.iter_mut().enumerate().skip(12) {
+        *b = (i * 37 % 251) as u8;
+    }
+    gw_rtp
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let mut buf = [0u8; 2048];
+    loop {
+        assert!(Instant::now() < deadline, "SRTP not relayed");
+        pbx_rtp.send_to(&srtp, ("127.0.0.1", port_a)).unwrap();
+        if let Ok((n, _)) = gw_rtp.recv_from(&mut buf) {
+            assert_eq!(&buf[..n], &srtp[..], "SRTP bytes unchanged");
+            break;
+        }
+    }
+}

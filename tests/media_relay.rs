@@ -29,7 +29,8 @@ fn media(ports: u16) -> Media {
         workers: 2,
         timeout_s: 60,
     };
-    let (m, _threads) = Media::start(&cfg, "127.0.0.1".parse().unwrap()).expect("media threads");
+    let (m, _threads) =
+        Media::start(&cfg, "127.0.0.1".parse().unwrap(), &[]).expect("media threads");
     m
 }
 

@@ -44,7 +44,7 @@ fn main() {
         timeout_s: 60,
     };
     let (media, threads) =
-        Media::start(&cfg, "127.0.0.1".parse().unwrap()).expect("media threads");
+        Media::start(&cfg, "127.0.0.1".parse().unwrap(), &[]).expect("media threads");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

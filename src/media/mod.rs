@@ -128,10 +128,12 @@ pub struct Media {
 pub struct Block(pub u32);
 
 impl Media {
-    /// Starts `cfg.workers` media threads over `[port_min, port_max]`.
+    /// Starts `cfg.workers` media threads over `[port_min, port_max]`, thread `t` pinned to
+    /// `pin[t]` when given.
     pub fn start(
         cfg: &MediaConfig,
         advertise: IpAddr,
+        pin: &[core_affinity::CoreId],
     ) -> std::io::Result<(Media, Vec<std::thread::JoinHandle<()>>)> {
         let bind: IpAddr = cfg.address.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let base = cfg.port_min + (cfg.port_min % 2);
@@ -165,7 +167,15 @@ impl Media {
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("media-{t}"))
-                    .spawn(move || relay.run())?,
+                    .spawn({
+                        let core = pin.get(t).copied();
+                        move || {
+                            if let Some(core) = core {
+                                core_affinity::set_for_current(core);
+                            }
+                            relay.run()
+                        }
+                    })?,
             );
             free.push((ftx, frx));
             commands.push(ctx);

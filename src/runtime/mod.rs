@@ -414,9 +414,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         })?
     };
     raise_open_files_limit();
-    let (media, media_threads) = crate::media::Media::start(&config.media, media_advertise)
-        .context("cannot start the media threads")?;
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    // Workers pin to cores 0..workers; media threads to the cores after them (wrapping).
+    let cores = if std::env::var("SIPEDGE_NO_PIN").as_deref() == Ok("1") {
+        Vec::new()
+    } else {
+        core_affinity::get_core_ids().unwrap_or_default()
+    };
+    let media_cores: Vec<core_affinity::CoreId> = (0..config.media.workers)
+        .filter_map(|t| cores.get((workers + t) % cores.len().max(1)).copied())
+        .collect();
+    let (media, media_threads) =
+        crate::media::Media::start(&config.media, media_advertise, &media_cores)
+            .context("cannot start the media threads")?;
     let mut handles: Vec<JoinHandle<()>> = Vec::with_capacity(workers);
     let parts = sockets
         .into_iter()
