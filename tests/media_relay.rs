@@ -2,8 +2,8 @@
 //! latching to the source an endpoint really sends from, strays dropped and counted, and blocks
 //! coming back to the pool when calls end (no leak over 10,000 sessions).
 //!
-//! Each test takes its own random even port range (16 or 256 ports) far from the signalling
-//! tests' ephemeral ports, so tests run in parallel.
+//! Each test takes its own port range (16 or 256 ports) in a zone no other test uses, so tests
+//! run in parallel.
 
 use sipedge::config::MediaConfig;
 use sipedge::media::{Leg, Media};
@@ -17,10 +17,13 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// Media threads over `ports` free ports somewhere in 20000..60000 (retried if a port is taken).
+/// Media threads over `ports` ports (at most 256) in 62400–65471: above the kernel's ephemeral
+/// range and the other tests' media ports; tests of this process take distinct slots.
 fn media(ports: u16) -> Media {
-    let seed = (now_ms() as u32).wrapping_mul(2_654_435_761) ^ std::process::id();
-    let base = 20_000 + (seed % 19_000) as u16 * 2;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let slot = (std::process::id().wrapping_mul(7) + n) % 12;
+    let base = 62_400 + slot as u16 * 256;
     let cfg = MediaConfig {
         address: "127.0.0.1".into(),
         advertise: String::new(),
