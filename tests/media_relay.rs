@@ -243,3 +243,44 @@ fn ports_are_freed_when_calls_end() {
         64
     );
 }
+
+/// A block freed by one call is reused by the next with its sockets still bound: it relays for
+/// the new call's endpoints, and the old call's late packets are not relayed to them.
+#[test]
+fn a_reused_block_relays_for_its_new_call_only() {
+    let m = media(4);
+    assert_eq!(m.capacity(), 1);
+    let (old_a, old_b) = (endpoint("127.0.0.3"), endpoint("127.0.0.3"));
+    let block = m.allocate(0).expect("the block");
+    let (pa, pb) = (m.port(block, Leg::A), m.port(block, Leg::B));
+    let t = now_ms();
+    m.set_remote(block, Leg::A, Some(old_a.local_addr().unwrap()), t);
+    m.set_remote(block, Leg::B, Some(old_b.local_addr().unwrap()), t);
+    send_until_heard(&old_a, pa, &old_b, 1);
+    m.release(block);
+
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let again = loop {
+        if let Some(b) = m.allocate(0) {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "the block did not come back");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!((m.port(again, Leg::A), m.port(again, Leg::B)), (pa, pb));
+    assert_eq!(m.counts(again).a_packets, 0, "fresh counters");
+    let (new_a, new_b) = (endpoint("127.0.0.4"), endpoint("127.0.0.4"));
+    let past = now_ms() - 10_000;
+    m.set_remote(again, Leg::A, Some(new_a.local_addr().unwrap()), past);
+    m.set_remote(again, Leg::B, Some(new_b.local_addr().unwrap()), past);
+    send_until_heard(&new_a, pa, &new_b, 2);
+    old_a.send_to(&rtp(9), ("127.0.0.1", pa)).unwrap();
+    new_b
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    while let Ok((n, _)) = new_b.recv_from(&mut buf) {
+        assert_ne!(&buf[..n], &rtp(9)[..], "the old call's packet was relayed");
+    }
+    m.release(again);
+}

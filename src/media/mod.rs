@@ -32,6 +32,9 @@ pub enum Leg {
 
 /// Ports per block: RTP and RTCP for each of the two legs.
 pub const BLOCK_PORTS: u16 = 4;
+/// Blocks a media thread keeps bound after their call ended (4 sockets each), so steady call
+/// churn reuses them without a `socket`/`bind`/`close` per port; past this they are closed.
+pub const WARM_BLOCKS_PER_THREAD: usize = 1024;
 /// A latch follows the newest source for this long after the SDP changes (SPEC §3.8).
 pub const LATCH_WINDOW_MS: u64 = 2_000;
 
@@ -115,7 +118,10 @@ struct Shared {
 #[derive(Clone)]
 pub struct Media {
     shared: Arc<Shared>,
-    /// Per media thread: its free blocks and its command channel.
+    /// Per media thread: its free blocks whose sockets are still bound ("warm": reusing one
+    /// costs no syscall), taken first, ...
+    warm: Vec<Receiver<u32>>,
+    /// ... then the others (the thread binds their sockets at `Open`).
     free: Vec<(Sender<u32>, Receiver<u32>)>,
     commands: Vec<Sender<Command>>,
     wakers: Vec<Arc<mio::Waker>>,
@@ -149,6 +155,7 @@ impl Media {
             stats: MediaStats::default(),
         });
         let mut free = Vec::with_capacity(threads);
+        let mut warm = Vec::with_capacity(threads);
         let mut commands = Vec::with_capacity(threads);
         let mut wakers = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
@@ -163,7 +170,18 @@ impl Media {
             let poll = mio::Poll::new()?;
             let waker = Arc::new(mio::Waker::new(poll.registry(), relay::WAKER)?);
             let flag = Arc::new(AtomicBool::new(false));
-            let relay = relay::Relay::new(poll, shared.clone(), crx, ftx.clone(), flag.clone());
+            let (wtx, wrx) = bounded(owned.len().max(1));
+            let relay = relay::Relay::new(
+                poll,
+                shared.clone(),
+                crx,
+                relay::FreeLists {
+                    cold: ftx.clone(),
+                    warm: wtx,
+                    warm_max: WARM_BLOCKS_PER_THREAD,
+                },
+                flag.clone(),
+            );
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("media-{t}"))
@@ -178,6 +196,7 @@ impl Media {
                     })?,
             );
             free.push((ftx, frx));
+            warm.push(wrx);
             commands.push(ctx);
             wakers.push(waker);
             parked.push(flag);
@@ -185,6 +204,7 @@ impl Media {
         Ok((
             Media {
                 shared,
+                warm,
                 free,
                 commands,
                 wakers,
@@ -200,7 +220,10 @@ impl Media {
         let n = self.free.len();
         for i in 0..n {
             let t = (hint as usize + i) % n;
-            if let Ok(b) = self.free[t].1.try_recv() {
+            if let Ok(b) = self.warm[t]
+                .try_recv()
+                .or_else(|_| self.free[t].1.try_recv())
+            {
                 self.shared.counters[b as usize].reset();
                 self.shared
                     .stats

@@ -64,13 +64,26 @@ impl Latch {
 struct Session {
     sockets: [UdpSocket; 4],
     latches: [Latch; 4],
+    /// False while the block is free but kept bound: what arrives is drained and dropped.
+    active: bool,
+}
+
+/// Where a closed block goes back to.
+pub struct FreeLists {
+    /// Blocks whose sockets are closed.
+    pub cold: Sender<u32>,
+    /// Blocks kept bound, at most `warm_max` of them.
+    pub warm: Sender<u32>,
+    pub warm_max: usize,
 }
 
 pub struct Relay {
     poll: Poll,
     shared: Arc<Shared>,
     commands: Receiver<Command>,
-    free: Sender<u32>,
+    free: FreeLists,
+    /// Blocks free but still bound (on `free.warm`).
+    warm: usize,
     /// Indexed by block; only this thread's blocks are ever Some.
     sessions: Vec<Option<Session>>,
     batch: Batch,
@@ -82,7 +95,7 @@ impl Relay {
         poll: Poll,
         shared: Arc<Shared>,
         commands: Receiver<Command>,
-        free: Sender<u32>,
+        free: FreeLists,
         parked: Arc<AtomicBool>,
     ) -> Relay {
         let blocks = shared.blocks as usize;
@@ -91,6 +104,7 @@ impl Relay {
             shared,
             commands,
             free,
+            warm: 0,
             sessions: (0..blocks).map(|_| None).collect(),
             batch: Batch::new(),
             parked,
@@ -157,24 +171,48 @@ impl Relay {
                         }
                     }
                 }
-                Command::Close { block } => {
-                    if let Some(mut s) =
-                        self.sessions.get_mut(block as usize).and_then(Option::take)
-                    {
-                        for sock in &mut s.sockets {
-                            let _ = self.poll.registry().deregister(sock);
-                        }
-                        drop(s);
-                        let _ = self.free.try_send(block);
-                    }
-                }
+                Command::Close { block } => self.close(block),
                 Command::Shutdown => return false,
             }
         }
         true
     }
 
+    /// Ends a block's session: kept bound (warm) while there are fewer than `warm_max` such
+    /// blocks, else its sockets are closed.
+    fn close(&mut self, block: u32) {
+        let Some(slot) = self.sessions.get_mut(block as usize) else {
+            return;
+        };
+        match slot {
+            Some(s) if s.active && self.warm < self.free.warm_max => {
+                s.active = false;
+                s.latches = [Latch::default(); 4];
+                self.warm += 1;
+                let _ = self.free.warm.try_send(block);
+            }
+            Some(_) => {
+                if let Some(mut s) = slot.take() {
+                    for sock in &mut s.sockets {
+                        let _ = self.poll.registry().deregister(sock);
+                    }
+                }
+                let _ = self.free.cold.try_send(block);
+            }
+            None => {}
+        }
+    }
+
     fn open(&mut self, block: u32) {
+        // A warm block: its sockets are bound and registered already.
+        if let Some(Some(s)) = self.sessions.get_mut(block as usize) {
+            if !s.active {
+                s.active = true;
+                s.latches = [Latch::default(); 4];
+                self.warm -= 1;
+            }
+            return;
+        }
         let first = self.shared.base + (block * u32::from(BLOCK_PORTS)) as u16;
         let bind = |i: u16| -> io::Result<UdpSocket> {
             let s = socket2::Socket::new(
@@ -198,6 +236,7 @@ impl Relay {
         let mut s = Session {
             sockets,
             latches: [Latch::default(); 4],
+            active: true,
         };
         let token = block as usize * BLOCK_PORTS as usize;
         for (i, sock) in s.sockets.iter_mut().enumerate() {
@@ -228,6 +267,23 @@ impl Relay {
             (&counters.b_packets, &counters.b_bytes)
         };
         let stats = &self.shared.stats;
+        if !s.active {
+            // A free (warm) block: late packets of its last call, or a scan. Drained, counted.
+            for _ in 0..MAX_BATCHES {
+                match self.batch.recv(s.sockets[idx].as_raw_fd()) {
+                    Ok(n) => {
+                        stats
+                            .dropped_no_session
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                        if n < BATCH {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+            return;
+        }
         for _ in 0..MAX_BATCHES {
             let n = match self.batch.recv(s.sockets[idx].as_raw_fd()) {
                 Ok(n) => n,
