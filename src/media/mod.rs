@@ -32,9 +32,6 @@ pub enum Leg {
 
 /// Ports per block: RTP and RTCP for each of the two legs.
 pub const BLOCK_PORTS: u16 = 4;
-/// Blocks a media thread keeps bound after their call ended (4 sockets each), so steady call
-/// churn reuses them without a `socket`/`bind`/`close` per port; past this they are closed.
-pub const WARM_BLOCKS_PER_THREAD: usize = 1024;
 /// A latch follows the newest source for this long after the SDP changes (SPEC §3.8).
 pub const LATCH_WINDOW_MS: u64 = 2_000;
 
@@ -118,10 +115,11 @@ struct Shared {
 #[derive(Clone)]
 pub struct Media {
     shared: Arc<Shared>,
-    /// Per media thread: its free blocks whose sockets are still bound ("warm": reusing one
+    /// Per media thread: blocks freed by ended calls, their sockets still bound (reusing one
     /// costs no syscall), taken first, ...
-    warm: Vec<Receiver<u32>>,
-    /// ... then the others (the thread binds their sockets at `Open`).
+    warm: Vec<(Sender<u32>, Receiver<u32>)>,
+    /// ... then blocks never used yet (the thread binds their sockets at `Open`). So sipedge
+    /// holds sockets for its peak of concurrent calls, never more.
     free: Vec<(Sender<u32>, Receiver<u32>)>,
     commands: Vec<Sender<Command>>,
     wakers: Vec<Arc<mio::Waker>>,
@@ -171,17 +169,7 @@ impl Media {
             let waker = Arc::new(mio::Waker::new(poll.registry(), relay::WAKER)?);
             let flag = Arc::new(AtomicBool::new(false));
             let (wtx, wrx) = bounded(owned.len().max(1));
-            let relay = relay::Relay::new(
-                poll,
-                shared.clone(),
-                crx,
-                relay::FreeLists {
-                    cold: ftx.clone(),
-                    warm: wtx,
-                    warm_max: WARM_BLOCKS_PER_THREAD,
-                },
-                flag.clone(),
-            );
+            let relay = relay::Relay::new(poll, shared.clone(), crx, flag.clone());
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("media-{t}"))
@@ -196,7 +184,7 @@ impl Media {
                     })?,
             );
             free.push((ftx, frx));
-            warm.push(wrx);
+            warm.push((wtx, wrx));
             commands.push(ctx);
             wakers.push(waker);
             parked.push(flag);
@@ -221,6 +209,7 @@ impl Media {
         for i in 0..n {
             let t = (hint as usize + i) % n;
             if let Ok(b) = self.warm[t]
+                .1
                 .try_recv()
                 .or_else(|_| self.free[t].1.try_recv())
             {
@@ -262,7 +251,8 @@ impl Media {
         );
     }
 
-    /// Ends the block's session; its counts as they stand now (the CDR's).
+    /// Ends the block's session; its counts as they stand now (the CDR's). The block is free
+    /// at once: its `Close` precedes, on the same queue, the `Open` of whoever takes it next.
     pub fn release(&self, block: Block) -> MediaCounts {
         let counts = self.counts(block);
         self.shared
@@ -270,6 +260,8 @@ impl Media {
             .sessions_active
             .fetch_sub(1, Ordering::Relaxed);
         self.send(block.0, Command::Close { block: block.0 });
+        let t = block.0 as usize % self.warm.len();
+        let _ = self.warm[t].0.try_send(block.0);
         counts
     }
 

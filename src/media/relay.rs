@@ -6,7 +6,7 @@
 //! The socket's token is its port offset, so the session is an index away.
 
 use super::{Command, Leg, Shared, BLOCK_PORTS, LATCH_WINDOW_MS};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use socket2::SockAddr;
@@ -64,26 +64,15 @@ impl Latch {
 struct Session {
     sockets: [UdpSocket; 4],
     latches: [Latch; 4],
-    /// False while the block is free but kept bound: what arrives is drained and dropped.
+    /// False while the block is free (its sockets stay bound for its next call): what arrives
+    /// is drained and dropped.
     active: bool,
-}
-
-/// Where a closed block goes back to.
-pub struct FreeLists {
-    /// Blocks whose sockets are closed.
-    pub cold: Sender<u32>,
-    /// Blocks kept bound, at most `warm_max` of them.
-    pub warm: Sender<u32>,
-    pub warm_max: usize,
 }
 
 pub struct Relay {
     poll: Poll,
     shared: Arc<Shared>,
     commands: Receiver<Command>,
-    free: FreeLists,
-    /// Blocks free but still bound (on `free.warm`).
-    warm: usize,
     /// Indexed by block; only this thread's blocks are ever Some.
     sessions: Vec<Option<Session>>,
     batch: Batch,
@@ -95,7 +84,6 @@ impl Relay {
         poll: Poll,
         shared: Arc<Shared>,
         commands: Receiver<Command>,
-        free: FreeLists,
         parked: Arc<AtomicBool>,
     ) -> Relay {
         let blocks = shared.blocks as usize;
@@ -103,8 +91,6 @@ impl Relay {
             poll,
             shared,
             commands,
-            free,
-            warm: 0,
             sessions: (0..blocks).map(|_| None).collect(),
             batch: Batch::new(),
             parked,
@@ -178,39 +164,19 @@ impl Relay {
         true
     }
 
-    /// Ends a block's session: kept bound (warm) while there are fewer than `warm_max` such
-    /// blocks, else its sockets are closed.
+    /// Ends a block's session; its sockets stay bound for the block's next call.
     fn close(&mut self, block: u32) {
-        let Some(slot) = self.sessions.get_mut(block as usize) else {
-            return;
-        };
-        match slot {
-            Some(s) if s.active && self.warm < self.free.warm_max => {
-                s.active = false;
-                s.latches = [Latch::default(); 4];
-                self.warm += 1;
-                let _ = self.free.warm.try_send(block);
-            }
-            Some(_) => {
-                if let Some(mut s) = slot.take() {
-                    for sock in &mut s.sockets {
-                        let _ = self.poll.registry().deregister(sock);
-                    }
-                }
-                let _ = self.free.cold.try_send(block);
-            }
-            None => {}
+        if let Some(Some(s)) = self.sessions.get_mut(block as usize) {
+            s.active = false;
+            s.latches = [Latch::default(); 4];
         }
     }
 
     fn open(&mut self, block: u32) {
-        // A warm block: its sockets are bound and registered already.
+        // A block used before: its sockets are bound and registered already.
         if let Some(Some(s)) = self.sessions.get_mut(block as usize) {
-            if !s.active {
-                s.active = true;
-                s.latches = [Latch::default(); 4];
-                self.warm -= 1;
-            }
+            s.active = true;
+            s.latches = [Latch::default(); 4];
             return;
         }
         let first = self.shared.base + (block * u32::from(BLOCK_PORTS)) as u16;
@@ -228,7 +194,7 @@ impl Relay {
             (Ok(a), Ok(b), Ok(c), Ok(d)) => [a, b, c, d],
             _ => {
                 // Somebody else holds one of these ports: the call goes on without media; the
-                // block stays out of the free list so it is not handed out again and again.
+                // block's next call tries again.
                 tracing::warn!(block, port = first, "media ports in use by another process");
                 return;
             }
@@ -268,7 +234,7 @@ impl Relay {
         };
         let stats = &self.shared.stats;
         if !s.active {
-            // A free (warm) block: late packets of its last call, or a scan. Drained, counted.
+            // A free block: late packets of its last call, or a scan. Drained, counted.
             for _ in 0..MAX_BATCHES {
                 match self.batch.recv(s.sockets[idx].as_raw_fd()) {
                     Ok(n) => {
