@@ -123,7 +123,8 @@ pub struct Media {
     free: Vec<(Sender<u32>, Receiver<u32>)>,
     commands: Vec<Sender<Command>>,
     wakers: Vec<Arc<mio::Waker>>,
-    /// Set while the thread sleeps in `poll`: only then does a command pay for a wake-up.
+    /// Set while the thread sleeps with no call up: only then does a command pay for a wake-up
+    /// (with calls up it picks commands up every few milliseconds).
     parked: Vec<Arc<AtomicBool>>,
 }
 

@@ -76,8 +76,16 @@ pub struct Relay {
     /// Indexed by block; only this thread's blocks are ever Some.
     sessions: Vec<Option<Session>>,
     batch: Batch,
+    /// Set while the thread sleeps with no session active: only then does a command wake it.
     parked: Arc<AtomicBool>,
+    /// Sessions open.
+    active: usize,
 }
+
+/// How late a command may be picked up while calls are up: a new call's ports open within
+/// this (its RTP follows the answer, normally seconds later).
+const TICK: Duration = Duration::from_millis(5);
+const IDLE_SLEEP: Duration = Duration::from_millis(500);
 
 impl Relay {
     pub fn new(
@@ -94,6 +102,7 @@ impl Relay {
             sessions: (0..blocks).map(|_| None).collect(),
             batch: Batch::new(),
             parked,
+            active: 0,
         }
     }
 
@@ -105,11 +114,21 @@ impl Relay {
             }
             // Park; re-checking the queue after setting the flag closes the race with a sender
             // that looked just before.
-            self.parked.store(true, Ordering::SeqCst);
-            let timeout = if self.commands.is_empty() {
-                Duration::from_millis(500)
-            } else {
+            // With calls up, commands wait for the next tick (at most TICK): no wake-up per
+            // command from the signalling workers. Idle, the thread sleeps long and asks to be
+            // woken; re-checking the queue after setting the flag closes the race with a sender
+            // that looked just before.
+            let timeout = if !self.commands.is_empty() {
                 Duration::ZERO
+            } else if self.active > 0 {
+                TICK
+            } else {
+                self.parked.store(true, Ordering::SeqCst);
+                if self.commands.is_empty() {
+                    IDLE_SLEEP
+                } else {
+                    Duration::ZERO
+                }
             };
             let polled = self.poll.poll(&mut events, Some(timeout));
             self.parked.store(false, Ordering::SeqCst);
@@ -167,6 +186,9 @@ impl Relay {
     /// Ends a block's session; its sockets stay bound for the block's next call.
     fn close(&mut self, block: u32) {
         if let Some(Some(s)) = self.sessions.get_mut(block as usize) {
+            if s.active {
+                self.active -= 1;
+            }
             s.active = false;
             s.latches = [Latch::default(); 4];
         }
@@ -175,6 +197,9 @@ impl Relay {
     fn open(&mut self, block: u32) {
         // A block used before: its sockets are bound and registered already.
         if let Some(Some(s)) = self.sessions.get_mut(block as usize) {
+            if !s.active {
+                self.active += 1;
+            }
             s.active = true;
             s.latches = [Latch::default(); 4];
             return;
@@ -216,6 +241,7 @@ impl Relay {
         }
         if let Some(slot) = self.sessions.get_mut(block as usize) {
             *slot = Some(s);
+            self.active += 1;
         }
     }
 
