@@ -1186,3 +1186,31 @@ fn srtp_is_relayed_byte_for_byte() {
         }
     }
 }
+
+/// A route naming a host (here `localhost`) reaches it: the name is resolved when provisioning
+/// publishes the snapshot, never on a worker.
+#[test]
+fn origination_to_a_route_with_a_host_name() {
+    let gw = Peer::new();
+    let s = setup_with(&[&gw], "");
+    let far = Peer::new();
+    let port = far.addr().port();
+    s.api.expect(
+        "POST",
+        "/api/v1/numbers",
+        Some(json!({"number": "+15551230008", "tenant": "acme",
+                    "route": {"uri": format!("sip:{{number}}@localhost:{port}")}})),
+        201,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    dial(&s, &gw, "+12125550100", "+15551230008");
+    let u = far
+        .recv_request("INVITE", WAIT)
+        .expect("INVITE at the host named by the route");
+    assert_eq!(
+        u.request_uri(),
+        Some(format!("sip:+15551230008@localhost:{port}").as_str())
+    );
+    far.reply(&u, 603, "Decline", &[], "");
+    assert_eq!(final_for(&gw).code(), Some(603));
+}

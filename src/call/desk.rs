@@ -17,7 +17,7 @@ use crate::config::{Config, LimitsConfig};
 use crate::fasthash::FastMap;
 use crate::limits::{AccountLimits, LimitRejection};
 use crate::registrar::Binding;
-use crate::routing::gateways::{parse_sip_target, Gateways, Health};
+use crate::routing::gateways::{parse_sip_target_with, Gateways, Health};
 use crate::routing::numbers::{Dialled, NumberPlan, E164};
 use crate::sip::headers::{parse_name_addr, RequestHeaders};
 use crate::sip::scan::{HeaderName, Message};
@@ -517,7 +517,10 @@ impl Desk {
                     };
                     trunk_key(&t.name, &mut key);
                     codecs = t.policy.codecs.clone();
-                    let target = parse_sip_target(&t.destination).ok().map(|(a, _)| a);
+                    let target =
+                        parse_sip_target_with(&t.destination, |h| snap.hosts.get(h).copied())
+                            .ok()
+                            .map(|(a, _)| a);
                     (
                         target,
                         t.destination.to_string(),
@@ -527,12 +530,15 @@ impl Desk {
                 }
                 RouteTarget::Uri(template) => {
                     let uri = template.replace("{number}", number.as_str());
-                    let target = parse_sip_target(&uri).ok().map(|(a, _)| a);
+                    let target = parse_sip_target_with(&uri, |h| snap.hosts.get(h).copied())
+                        .ok()
+                        .map(|(a, _)| a);
                     (target, uri, String::new(), (None, None))
                 }
             };
         let Some(target) = target else {
-            // A host name: RFC 3263 resolution is not built yet (README, "What is left").
+            // A host name that did not resolve when the snapshot was built (A/AAAA only: the
+            // NAPTR/SRV steps of RFC 3263 are not built).
             let rec = attempt(now, dir, tenant, &account, &from, &to);
             return Err(self.refuse(
                 rec,

@@ -205,6 +205,29 @@ impl Gateways {
 /// number URI routes). Only the transport parameter is
 /// interpreted; others (`lr`, …) are carried in the configured URI untouched.
 pub fn parse_sip_target(uri: &str) -> Result<(SocketAddr, Transport), String> {
+    parse_sip_target_with(uri, |_| None)
+}
+
+/// The host part of a `sip:`/`sips:` URI, lower-cased, when it is a name rather than an IP
+/// address (what [`parse_sip_target_with`] would ask its resolver for).
+pub fn sip_target_host_name(uri: &str) -> Option<String> {
+    let lower = uri.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("sips:")
+        .or_else(|| lower.strip_prefix("sip:"))?;
+    let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
+    let rest = rest.split_once('@').map_or(rest, |(_, host)| host);
+    let hostport = rest.split_once(';').map_or(rest, |(h, _)| h);
+    let (host, _) = split_host_port(hostport).ok()?;
+    (!host.is_empty() && host.parse::<IpAddr>().is_err()).then(|| host.to_string())
+}
+
+/// [`parse_sip_target`], with host names looked up by `resolve` (e.g. the snapshot's resolved
+/// names: workers never query DNS themselves).
+pub fn parse_sip_target_with(
+    uri: &str,
+    resolve: impl Fn(&str) -> Option<IpAddr>,
+) -> Result<(SocketAddr, Transport), String> {
     let lower = uri.to_ascii_lowercase();
     let (secure, rest) = if let Some(r) = lower.strip_prefix("sips:") {
         (true, r)
@@ -244,16 +267,19 @@ pub fn parse_sip_target(uri: &str) -> Result<(SocketAddr, Transport), String> {
     }
 
     let (host, port) = split_host_port(hostport).map_err(|p| format!("{p} in {uri:?}"))?;
-    let ip: IpAddr = host.parse().map_err(|_| {
-        if host.is_empty() {
-            format!("missing host in {uri:?}")
-        } else {
-            format!(
-                "host must be an IP address, got {host:?} in {uri:?} (host names are resolved \
+    let ip: IpAddr = host
+        .parse()
+        .or_else(|_| resolve(host).ok_or(()))
+        .map_err(|_| {
+            if host.is_empty() {
+                format!("missing host in {uri:?}")
+            } else {
+                format!(
+                    "host must be an IP address, got {host:?} in {uri:?} (host names are resolved \
                  elsewhere)"
-            )
-        }
-    })?;
+                )
+            }
+        })?;
     let default_port = if transport == Transport::Tls {
         DEFAULT_SIPS_PORT
     } else {
@@ -735,5 +761,27 @@ mod tests {
         assert!(due(&mut q, 1_000_000).is_empty());
         assert!(expired(&mut q, 1_000_000).is_empty());
         assert!(q.is_up(0) && q.is_up(2));
+    }
+}
+
+#[cfg(test)]
+mod host_name_tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_looked_up_by_the_resolver_given() {
+        assert_eq!(
+            sip_target_host_name("sip:+15551230009@PBX.Example.com:5080;transport=udp"),
+            Some("pbx.example.com".to_string())
+        );
+        assert_eq!(sip_target_host_name("sip:192.0.2.1:5060"), None);
+        assert_eq!(sip_target_host_name("sip:[2001:db8::1]"), None);
+        assert!(parse_sip_target("sip:pbx.example.com").is_err());
+        let resolve = |h: &str| (h == "pbx.example.com").then(|| "192.0.2.7".parse().unwrap());
+        assert_eq!(
+            parse_sip_target_with("sip:u@pbx.example.com:5080", resolve).map(|(a, _)| a),
+            Ok("192.0.2.7:5080".parse().unwrap())
+        );
+        assert!(parse_sip_target_with("sip:other.example.com", resolve).is_err());
     }
 }

@@ -595,8 +595,13 @@ fn spawn_snapshot_watcher(
         .spawn(move || {
             let mut seen_data = store.data_version().unwrap_or(0);
             let mut seen_prov = store.provisioning_version().unwrap_or(0);
+            let mut resolved_at = std::time::Instant::now();
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 std::thread::sleep(std::time::Duration::from_millis(250));
+                if resolved_at.elapsed() >= crate::store::snapshot::DNS_TTL {
+                    resolved_at = std::time::Instant::now();
+                    refresh_hosts(&target);
+                }
                 // data_version moves on any other connection's commit (binding writes included);
                 // the provisioning counter says whether provisioning changed.
                 let Ok(v) = store.data_version() else {
@@ -628,6 +633,28 @@ fn spawn_snapshot_watcher(
                 }
             }
         })?)
+}
+
+/// Re-resolves the live snapshot's route host names (their DNS may have changed without any
+/// provisioning change) and installs the result if a name now points elsewhere and no newer
+/// provisioning was published meanwhile.
+fn refresh_hosts(target: &ArcSwap<crate::store::Snapshot>) {
+    let live = target.load_full();
+    let mut fresh = (*live).clone();
+    fresh.hosts.clear();
+    fresh.resolve_hosts();
+    if fresh.hosts == live.hosts {
+        return;
+    }
+    let fresh = Arc::new(fresh);
+    target.rcu(|now| {
+        if now.generation == fresh.generation {
+            fresh.clone()
+        } else {
+            now.clone()
+        }
+    });
+    tracing::info!("route host names re-resolved");
 }
 
 /// Installs `snapshot` unless the live one is as new or newer.

@@ -771,8 +771,10 @@ impl Store {
     /// always the newer data, whoever built them (see `runtime::Shared::publish`).
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let tx = self.conn.unchecked_transaction()?;
-        let snap = self.snapshot_in_read_tx()?;
+        let mut snap = self.snapshot_in_read_tx()?;
         tx.commit()?;
+        // Outside the read transaction: resolution may take a while.
+        snap.resolve_hosts();
         Ok(snap)
     }
 

@@ -11,6 +11,43 @@ use crate::routing::numbers::E164;
 use crate::sip::digest::{Algorithm, Hex};
 use std::net::IpAddr;
 
+/// How long a resolved host name is reused across snapshots.
+pub const DNS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The system resolver (getaddrinfo), first IPv4 address else first IPv6, with a small
+/// process-wide cache: every provisioning change rebuilds the snapshot.
+fn resolve_cached(name: &str) -> Option<IpAddr> {
+    use std::net::ToSocketAddrs;
+    use std::sync::Mutex;
+    use std::time::Instant;
+    /// name -> (address, when resolved); a failure is cached too.
+    type Cache = std::collections::HashMap<String, (Option<IpAddr>, Instant)>;
+    static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
+    let now = Instant::now();
+    if let Ok(guard) = CACHE.lock() {
+        if let Some(&(ip, at)) = guard.as_ref().and_then(|c| c.get(name)) {
+            if now.duration_since(at) < DNS_TTL {
+                return ip;
+            }
+        }
+    }
+    let addrs: Vec<IpAddr> = (name, 0)
+        .to_socket_addrs()
+        .map(|it| it.map(|a| a.ip()).collect())
+        .unwrap_or_default();
+    let ip = addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied();
+    if let Ok(mut guard) = CACHE.lock() {
+        guard
+            .get_or_insert_with(Default::default)
+            .insert(name.to_string(), (ip, now));
+    }
+    ip
+}
+
 /// What a credential or trunk may do on calls beyond its limits (SPEC §3.4, §3.8).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AccountPolicy {
@@ -102,9 +139,39 @@ pub struct Snapshot {
     /// Trunk index by source address, longest prefix first (SPEC §3.3 step 2).
     pub trunk_sources: CidrTable<u32>,
     pub numbers: FastMap<E164, NumberRoute>,
+    /// Host names in trunk destinations and URI routes, resolved when the snapshot was built
+    /// (lower-cased; IPv4 preferred). Workers look names up here, never in DNS.
+    pub hosts: FastMap<Box<str>, IpAddr>,
 }
 
 impl Snapshot {
+    /// Resolves the host names the snapshot's routes name (A/AAAA through the system resolver,
+    /// cached for [`DNS_TTL`]). Blocking: control plane only. A name that does not resolve is
+    /// left out (its calls answer 503 "No route") and logged.
+    pub fn resolve_hosts(&mut self) {
+        let mut names: Vec<String> = Vec::new();
+        for t in &self.trunks {
+            names.extend(crate::routing::gateways::sip_target_host_name(
+                &t.destination,
+            ));
+        }
+        for r in self.numbers.values() {
+            if let RouteTarget::Uri(template) = &r.target {
+                let uri = template.replace("{number}", "0");
+                names.extend(crate::routing::gateways::sip_target_host_name(&uri));
+            }
+        }
+        names.sort();
+        names.dedup();
+        for name in names {
+            match resolve_cached(&name) {
+                Some(ip) => {
+                    self.hosts.insert(name.into(), ip);
+                }
+                None => tracing::warn!(host = %name, "route host name does not resolve"),
+            }
+        }
+    }
     pub fn empty(default_realm: &str) -> Snapshot {
         let default_realm: Box<str> = default_realm.to_ascii_lowercase().into();
         let mut realms = FastSet::default();
