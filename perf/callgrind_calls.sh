@@ -6,7 +6,8 @@
 # instructions of every process/thread, and report (total(N2) - total(N1)) / (N2 - N1), so
 # start-up, idle loops and shutdown cancel out. Kernel time is not counted (callgrind sees user
 # space only). Loopback only; every process is bounded and stopped by its PID.
-#   usage: [SYSTEMS="kamailio sipedge"] perf/callgrind_calls.sh [N1=100] [N2=400] [RATE=50]
+#   usage: [SYSTEMS="kamailio sipedge"] [KEEP=1] perf/callgrind_calls.sh [N1=100] [N2=400] [RATE=50]
+#   (KEEP=1 keeps the callgrind outputs for callgrind_annotate)
 # Needs: valgrind, sipp, kamailio, and the reference kit in $REF (default /tmp/sipedge-ref).
 set -u
 N1=${1:-100}; N2=${2:-400}; RATE=${3:-50}
@@ -21,7 +22,7 @@ PID=; UAS=
 cleanup() {
   [ -n "$UAS" ] && kill "$UAS" 2>/dev/null
   [ -n "$PID" ] && kill "$PID" 2>/dev/null
-  wait 2>/dev/null; rm -rf "$W"
+  wait 2>/dev/null; if [ -n "${KEEP:-}" ]; then echo "callgrind outputs kept in $W"; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
 PORT=5470; UAS_PORT=5490; ADMIN=127.0.0.1:8471
