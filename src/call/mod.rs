@@ -35,7 +35,8 @@ use crate::sip::invite_server_transaction::{
 use crate::sip::scan::{Message, Method, StartLine};
 use crate::sip::transaction::TIMER_J_UDP_MS;
 use crate::sip::write::{reason, response_destination};
-use std::collections::{BTreeSet, HashMap};
+use crate::fasthash::FastMap;
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 /// A call of this table; the shard is in the top 16 bits.
@@ -385,11 +386,11 @@ fn relay_sdp(call: &mut Call, from: Side, body: &[u8], out: &mut Vec<Out>) -> Ve
 /// The call table of one shard.
 pub struct Calls {
     ctx: Ctx,
-    calls: HashMap<CallId, Call>,
+    calls: FastMap<CallId, Call>,
     /// A-leg (Call-ID, caller's tag) -> call.
-    by_a: HashMap<Vec<u8>, CallId>,
+    by_a: FastMap<Vec<u8>, CallId>,
     /// B-leg Call-ID (minted) -> call.
-    by_b: HashMap<Vec<u8>, CallId>,
+    by_b: FastMap<Vec<u8>, CallId>,
     timers: BTreeSet<(u64, CallId)>,
     next_id: u64,
     active: usize,
@@ -416,9 +417,9 @@ impl Calls {
                 rng: seed | 1,
                 gateway_timeout_ms: 0,
             },
-            calls: HashMap::new(),
-            by_a: HashMap::new(),
-            by_b: HashMap::new(),
+            calls: FastMap::default(),
+            by_a: FastMap::default(),
+            by_b: FastMap::default(),
             timers: BTreeSet::new(),
             next_id: 0,
             active: 0,
