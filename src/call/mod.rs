@@ -26,6 +26,7 @@ mod wire;
 mod tests;
 
 use crate::cdr::{duration_s, CallRecord, Direction, EndReason};
+use crate::fasthash::FastMap;
 use crate::sip::client_transaction::{ClientAction, ClientTransaction, Kind, State as CtState};
 use crate::sip::headers::{contacts, request_headers, response_headers, Contacts};
 use crate::sip::headers::{RequestHeaders, ResponseHeaders};
@@ -35,7 +36,6 @@ use crate::sip::invite_server_transaction::{
 use crate::sip::scan::{Message, Method, StartLine};
 use crate::sip::transaction::TIMER_J_UDP_MS;
 use crate::sip::write::{reason, response_destination};
-use crate::fasthash::FastMap;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
