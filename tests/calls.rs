@@ -907,42 +907,24 @@ fn media_is_anchored_with_sdp_rewritten_and_rtp_relayed_both_ways() {
     let gw_port = gw_rtp.local_addr().unwrap().port();
 
     let offer = common::sip_peer::sdp_offer(TRUNK_IP.parse().unwrap(), pbx_port);
-    let inv = pbx.invite_with_body(
-        &format!("sip:{CALLED}@{}", sbc(&s)),
-        TRUNK_NUMBER,
-        CALLED,
-        "sbc.test",
-        &[],
-        &offer,
-    );
-    pbx.send(&inv, sbc(&s));
-    let b = gw
-        .recv_request("INVITE", WAIT)
-        .expect("INVITE to the gateway");
+    let call = anchored_call(&s, &pbx, &gw, &offer, &gw_rtp);
+    let (port_a, port_b) = (call.port_a, call.port_b);
     assert!(
-        !b.body().contains(TRUNK_IP),
+        !call.b.body().contains(TRUNK_IP),
         "no PBX address toward the core:\n{}",
-        b.body()
+        call.b.body()
     );
-    let (c_b, port_b) = sdp_media(b.body());
+    let (c_b, _) = sdp_media(call.b.body());
     assert_eq!(c_b, "IN IP4 127.0.0.1");
     assert_ne!(port_b, pbx_port);
     assert!(
-        b.body().contains("a=rtpmap:101 telephone-event/8000"),
+        call.b.body().contains("a=rtpmap:101 telephone-event/8000"),
         "the rest is kept"
     );
-
-    gw.reply(&b, 180, "Ringing", &[], "");
-    let answer_sdp = common::sip_peer::sdp_offer("127.0.0.1".parse().unwrap(), gw_port);
-    gw.reply(&b, 200, "OK", &[], &answer_sdp);
-    let ok = final_for(&pbx);
-    assert_eq!(ok.code(), Some(200));
-    let (c_a, port_a) = sdp_media(ok.body());
+    let (c_a, _) = sdp_media(call.ok.body());
     assert_eq!(c_a, "IN IP4 127.0.0.1");
     assert_ne!(port_a, gw_port, "no core port toward the PBX");
     assert_ne!(port_a, port_b, "each leg has its own ports");
-    pbx.ack_2xx(&inv, &ok, sbc(&s));
-    gw.recv_request("ACK", WAIT).expect("ACK relayed");
 
     let src = rtp_until_heard(&pbx_rtp, port_a, &gw_rtp);
     assert_eq!(src.port(), port_b, "PBX -> core leaves from the B-leg port");
@@ -951,7 +933,7 @@ fn media_is_anchored_with_sdp_rewritten_and_rtp_relayed_both_ways() {
     assert!(s.server.metric_or_zero("sipedge_media_sessions_active") >= 1.0);
     assert!(s.server.metric_or_zero("sipedge_media_packets_total") >= 2.0);
 
-    pbx.in_dialog_uac("BYE", &inv, &ok, "", sbc(&s));
+    pbx.in_dialog_uac("BYE", &call.inv, &call.ok, "", sbc(&s));
     let b_bye = gw.recv_request("BYE", WAIT).expect("BYE relayed");
     gw.reply(&b_bye, 200, "OK", &[], "");
     let lines = cdrs(&s, 1);
@@ -1059,15 +1041,18 @@ fn a_call_without_free_media_ports_gets_503() {
     );
 }
 
-/// Sets up an answered trunk call with `offer` from the PBX and the gateway's SDP naming
-/// `gw_rtp`; returns (PBX-facing media port, core-facing media port, the gateway's INVITE).
-fn anchored_call(
-    s: &Setup,
-    pbx: &Peer,
-    gw: &Peer,
-    offer: &str,
-    gw_rtp: &UdpSocket,
-) -> (u16, u16, SipMsg) {
+/// An answered trunk call with `offer` from the PBX and the gateway's SDP naming `gw_rtp`.
+struct Anchored {
+    /// sipedge's media port in the SDP toward the PBX (A leg) and toward the core (B leg).
+    port_a: u16,
+    port_b: u16,
+    /// The PBX's INVITE, the gateway's view of it, the 200 the PBX got.
+    inv: Outgoing,
+    b: SipMsg,
+    ok: SipMsg,
+}
+
+fn anchored_call(s: &Setup, pbx: &Peer, gw: &Peer, offer: &str, gw_rtp: &UdpSocket) -> Anchored {
     let inv = pbx.invite_with_body(
         &format!("sip:{CALLED}@{}", sbc(s)),
         TRUNK_NUMBER,
@@ -1091,7 +1076,13 @@ fn anchored_call(
     let (_, port_a) = sdp_media(ok.body());
     pbx.ack_2xx(&inv, &ok, sbc(s));
     gw.recv_request("ACK", WAIT).expect("ACK relayed");
-    (port_a, port_b, b)
+    Anchored {
+        port_a,
+        port_b,
+        inv,
+        b,
+        ok,
+    }
 }
 
 /// A PBX behind NAT: its SDP names a port nothing listens on, its RTP comes from another; the
@@ -1106,7 +1097,7 @@ fn a_natted_endpoint_gets_audio_and_a_stray_source_is_not_latched() {
     let gw_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
     // The SDP says port 9 (discard); the PBX really sends from pbx_rtp.
     let offer = common::sip_peer::sdp_offer(TRUNK_IP.parse().unwrap(), 9);
-    let (port_a, port_b, _) = anchored_call(&s, &pbx, &gw, &offer, &gw_rtp);
+    let Anchored { port_a, port_b, .. } = anchored_call(&s, &pbx, &gw, &offer, &gw_rtp);
     rtp_until_heard(&pbx_rtp, port_a, &gw_rtp);
     gw_rtp.send_to(&rtp(2), ("127.0.0.1", port_b)).unwrap();
     pbx_rtp
@@ -1164,7 +1155,7 @@ fn srtp_is_relayed_byte_for_byte() {
          m=audio {} RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n{crypto}\r\n",
         pbx_rtp.local_addr().unwrap().port()
     );
-    let (port_a, _, b) = anchored_call(&s, &pbx, &gw, &offer, &gw_rtp);
+    let Anchored { port_a, b, .. } = anchored_call(&s, &pbx, &gw, &offer, &gw_rtp);
     assert!(b.body().contains(&format!("{crypto}\r\n")), "{}", b.body());
     assert!(b.body().contains(" RTP/SAVP 0\r\n"), "{}", b.body());
     // An "encrypted" packet: arbitrary bytes after an RTP header.
