@@ -278,10 +278,13 @@ mem_step() { # on a fresh sipedge: RSS before, and while MEM_CALLS calls are up
   rss2=$(rss_kb "$pid" VmRSS)
   echo "   after the calls ended: VmRSS $rss2 kB, calls_active $(metric_sum sipedge_calls_active)"
   python3 - "$OUT" "$WORK/mem-step.jsonl" "$rss0" "$anon0" "$act0" "$max_rss" "$max_anon" "$act1" \
-    "$MEM_CALLS" "$MEM_RATE" "$MEM_HOLD_MS" "$rss2" "$rss" <<'EOF'
-import json, sys, time
+    "$MEM_CALLS" "$MEM_RATE" "$MEM_HOLD_MS" "$rss2" "$rss" "$samples" <<'EOF'
+import json, statistics, sys, time
 out, stepf = sys.argv[1], sys.argv[2]
 rss0, anon0, act0, rss1, anon1, act1, calls, rate, hold, rss2, rss_last = sys.argv[3:14]
+# The median sample: the allocator returns a ramp's transient growth within seconds, so the
+# peak sample overstates what the calls themselves hold.
+rss_median = str(int(statistics.median([int(x) for x in sys.argv[14].split()]))) if sys.argv[14].split() else ""
 step = {}
 try:
     step = json.loads(open(stepf).read().splitlines()[-1])
@@ -295,13 +298,15 @@ r = dict(system="sipedge", kind="memory", label=f"sipedge-mem{calls}", calls=int
          rssanon_before_kb=i(anon0), rssanon_during_kb=i(anon1), vmrss_after_kb=i(rss2),
          calls_active_before=i(act0), calls_active_during=i(act1),
          bytes_per_call=per(rss0, rss1), bytes_per_call_last=per(rss0, rss_last), anon_bytes_per_call=per(anon0, anon1),
+         bytes_per_call_median=per(rss0, rss_median),
          ok=step.get("ok"), failed=step.get("failed"), retrans=step.get("retrans"),
          time=time.strftime("%Y-%m-%dT%H:%M:%S"))
 print(json.dumps(r))
 with open(out, "a") as f:
     f.write(json.dumps(r) + "\n")
 print(f"memory per active call: {r['bytes_per_call']} bytes (RSS delta / active calls: peak VmRSS {rss0} -> {rss1} kB "
-      f"with {act} calls up; last sample {r['bytes_per_call_last']} bytes/call; RssAnon {r['anon_bytes_per_call']} bytes/call)")
+      f"with {act} calls up; median sample {r['bytes_per_call_median']}, last sample {r['bytes_per_call_last']} bytes/call; "
+      f"RssAnon {r['anon_bytes_per_call']} bytes/call)")
 EOF
   stop_daemon
 }
@@ -383,7 +388,8 @@ for name, clean in (("sustained", False), ("clean", True)):
 for m in mem:
     print(("- " if md else "") + f"memory per active call: {m['bytes_per_call']} bytes (RSS delta / active calls: "
           f"peak VmRSS {m['vmrss_before_kb']} -> {m['vmrss_during_kb']} kB, {m['calls_active_during']} calls up; "
-          f"last sample {m.get('bytes_per_call_last')}, RssAnon {m['anon_bytes_per_call']} bytes/call; "
+          f"median sample {m.get('bytes_per_call_median')}, last sample {m.get('bytes_per_call_last')}, "
+          f"RssAnon {m['anon_bytes_per_call']} bytes/call; "
           f"{m['calls']} calls at {m['rate']:.0f}/s held {m['hold_ms']} ms: {m['ok']} ok, {m['failed']} failed)")
 EOF
 }
