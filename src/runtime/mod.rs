@@ -693,12 +693,38 @@ fn advertised(config: &Config, listen: SocketAddr) -> SocketAddr {
         );
     }
     if listen.ip().is_unspecified() {
+        if let Some(ip) = default_route_source(listen.ip()) {
+            tracing::warn!(
+                "sip.listen is a wildcard address and sip.advertise is empty: advertising {ip} \
+                 (the source address of the default route) in Via, Contact and SDP; set \
+                 sip.advertise if peers reach sipedge at another address"
+            );
+            return SocketAddr::new(ip, listen.port());
+        }
         tracing::warn!(
             "sip.listen is a wildcard address and sip.advertise is empty: set sip.advertise to the \
              address peers reach sipedge at, or calls will carry {listen} in Via and Contact"
         );
     }
     listen
+}
+
+/// The address this host sends from toward the rest of the network: `connect` on a UDP socket
+/// picks the route and source without sending anything (the destination is a documentation
+/// address, RFC 5737 / RFC 3849). None without a default route.
+fn default_route_source(family: IpAddr) -> Option<IpAddr> {
+    let (bind, probe): (SocketAddr, SocketAddr) = if family.is_ipv4() {
+        (([0, 0, 0, 0], 0).into(), ([192, 0, 2, 1], 5060).into())
+    } else {
+        (
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            ("2001:db8::1".parse::<std::net::Ipv6Addr>().ok()?, 5060).into(),
+        )
+    };
+    let sock = std::net::UdpSocket::bind(bind).ok()?;
+    sock.connect(probe).ok()?;
+    let ip = sock.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 fn random_hex16() -> [u8; 16] {
