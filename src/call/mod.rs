@@ -352,33 +352,59 @@ fn relay_sdp(call: &mut Call, from: Side, body: &[u8], out: &mut Vec<Out>) -> Ve
     let Some(m) = call.media.as_ref() else {
         return body.to_vec();
     };
+    let anchored = match anchor(m, from, body, true) {
+        Err(StartError::NoCodec) => anchor(m, from, body, false).unwrap_or(None),
+        Ok(a) => a,
+    };
+    emit_anchored(m, from, body, anchored, out)
+}
+
+/// An SDP rewritten for the leg opposite `from`, and the RTP address `from`'s endpoint named.
+type Anchored = (Vec<u8>, Option<SocketAddr>);
+
+/// `body` rewritten toward the other leg, with the account's codec filter when `filter`; None
+/// for an empty body or one that is not SDP; `NoCodec` when the filter leaves no audio codec.
+fn anchor(
+    m: &CallMedia,
+    from: Side,
+    body: &[u8],
+    filter: bool,
+) -> Result<Option<Anchored>, StartError> {
     if body.is_empty() {
-        return Vec::new();
+        return Ok(None);
     }
     let port = match from {
         Side::A => m.b_port,
         Side::B => m.a_port,
     };
+    let allowed = (filter && !m.codecs.is_empty()).then_some(&m.codecs[..]);
     let mut rewritten = Vec::with_capacity(body.len() + 32);
-    let allowed = (!m.codecs.is_empty()).then_some(&m.codecs[..]);
-    let lines =
-        match crate::media::sdp::rewrite(body, m.advertise, &[port], allowed, &mut rewritten) {
-            Ok(lines) => lines,
-            Err(crate::media::sdp::SdpError::NoCodecLeft) => {
-                match crate::media::sdp::rewrite(body, m.advertise, &[port], None, &mut rewritten) {
-                    Ok(lines) => lines,
-                    Err(_) => return body.to_vec(),
-                }
-            }
-            Err(crate::media::sdp::SdpError::Malformed) => return body.to_vec(),
-        };
+    match crate::media::sdp::rewrite(body, m.advertise, &[port], allowed, &mut rewritten) {
+        Ok(lines) => Ok(Some((rewritten, lines.first().and_then(|l| l.remote)))),
+        Err(crate::media::sdp::SdpError::NoCodecLeft) => Err(StartError::NoCodec),
+        Err(crate::media::sdp::SdpError::Malformed) => Ok(None),
+    }
+}
+
+/// The body to relay: the rewritten one (telling the media threads about `from`'s endpoint), or
+/// `body` unchanged when it could not be anchored.
+fn emit_anchored(
+    m: &CallMedia,
+    from: Side,
+    body: &[u8],
+    anchored: Option<Anchored>,
+    out: &mut Vec<Out>,
+) -> Vec<u8> {
+    let Some((rewritten, rtp)) = anchored else {
+        return body.to_vec();
+    };
     out.push(Out::Media {
         block: m.block,
         leg: match from {
             Side::A => crate::media::Leg::A,
             Side::B => crate::media::Leg::B,
         },
-        rtp: lines.first().and_then(|l| l.remote),
+        rtp,
     });
     rewritten
 }
@@ -467,22 +493,11 @@ impl Calls {
             self.handle(now, a_src, arrived, invite, out);
             return Ok(None);
         }
-        if let Some(m) = p
-            .media
-            .filter(|m| !m.codecs.is_empty() && !invite.body.is_empty())
-        {
-            let mut scratch = Vec::new();
-            let filtered = crate::media::sdp::rewrite(
-                invite.body,
-                m.advertise,
-                &[m.b_port],
-                Some(&m.codecs[..]),
-                &mut scratch,
-            );
-            if filtered == Err(crate::media::sdp::SdpError::NoCodecLeft) {
-                return Err(StartError::NoCodec);
-            }
-        }
+        // The offer is anchored (and codec-filtered) before anything exists: a 488 leaves no trace.
+        let offer = match p.media {
+            Some(m) => anchor(m, Side::A, invite.body, true)?,
+            None => None,
+        };
         let resp_dest = Dest {
             addr: response_destination(a_src, &req.via),
             port: arrived,
@@ -632,7 +647,10 @@ impl Calls {
             linger_until: 0,
             scheduled: None,
         };
-        let body = relay_sdp(&mut call, Side::A, invite.body, out);
+        let body = match p.media {
+            Some(m) => emit_anchored(m, Side::A, invite.body, offer, out),
+            None => invite.body.to_vec(),
+        };
         let txn = self.b_invite(now, &mut call, Some(origin), &body);
         call.txns.push(txn);
         if let Some(t) = call.txns.last() {
