@@ -777,6 +777,11 @@ impl Desk {
     pub fn active(&self) -> usize {
         self.calls.active()
     }
+
+    /// Forgets ended calls whose retransmission window is over (on the worker's timer tick).
+    pub fn expire_tombs(&mut self, now: u64) {
+        self.calls.expire_tombs(now);
+    }
 }
 
 impl Account {

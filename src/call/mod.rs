@@ -20,6 +20,7 @@
 //! - outgoing messages are freshly allocated `Vec<u8>`s; per-message parsing does not allocate.
 
 pub mod desk;
+mod tombs;
 mod wire;
 
 #[cfg(test)]
@@ -228,6 +229,17 @@ impl Txn {
             })
     }
 
+    /// Nothing of this transaction needs the call any more: sipedge's request has its final
+    /// answer, and sipedge's answer to the relayed request (if any) is sent and, for an INVITE,
+    /// ACKed. What may still come (retransmitted answers or requests) a [`tombs::Tomb`] absorbs.
+    fn settled(&self) -> bool {
+        matches!(self.ct.state(), CtState::Completed | CtState::Terminated)
+            && self.origin.as_ref().is_none_or(|o| match &o.ist {
+                Some(ist) => matches!(ist.state(), IstState::Confirmed | IstState::Terminated),
+                None => o.final_at.is_some(),
+            })
+    }
+
     fn next_timeout(&self) -> Option<u64> {
         let mut at = self.ct.poll_timeout();
         if let Some(o) = &self.origin {
@@ -285,8 +297,8 @@ struct Call {
     record: CallRecord,
     media: Option<CallMedia>,
     ended: bool,
-    /// After the end, the call lingers to absorb retransmissions (BYE, ACK).
-    linger_until: u64,
+    /// The end has been counted out of [`Calls::active`].
+    end_counted: bool,
     scheduled: Option<u64>,
 }
 
@@ -418,6 +430,8 @@ pub struct Calls {
     /// B-leg Call-ID (minted) -> call.
     by_b: FastMap<Vec<u8>, CallId>,
     timers: BTreeSet<(u64, CallId)>,
+    /// Ended calls' legs, for the retransmissions that may follow the end.
+    tombs: tombs::Tombs,
     next_id: u64,
     active: usize,
     key: Vec<u8>,
@@ -447,6 +461,7 @@ impl Calls {
             by_a: FastMap::default(),
             by_b: FastMap::default(),
             timers: BTreeSet::new(),
+            tombs: tombs::Tombs::new(TIMER_J_UDP_MS),
             next_id: 0,
             active: 0,
             key: Vec::new(),
@@ -470,6 +485,20 @@ impl Calls {
     pub fn knows_a(&mut self, call_id: &[u8], from_tag: &[u8]) -> bool {
         a_key(&mut self.key, call_id, from_tag);
         self.by_a.contains_key(&self.key)
+            || self
+                .tombs
+                .get(self.tombs.key_of_dialog(call_id, from_tag))
+                .is_some()
+    }
+
+    /// Forgets ended calls' tombstones whose 64·T1 is over (the worker's timer tick).
+    pub fn expire_tombs(&mut self, now: u64) {
+        self.tombs.expire(now, 100_000);
+    }
+
+    /// Ended calls still remembered (as tombstones), for tests and metrics.
+    pub fn tombs(&self) -> usize {
+        self.tombs.len()
     }
 
     /// A new INVITE, already classified, authenticated, limit-checked and routed by the caller:
@@ -644,7 +673,7 @@ impl Calls {
             record,
             media: p.media.cloned(),
             ended: false,
-            linger_until: 0,
+            end_counted: false,
             scheduled: None,
         };
         let body = match p.media {
@@ -862,7 +891,7 @@ impl Calls {
                     return false;
                 };
                 let Some((id, side)) = self.lookup(rh.call_id, rh.to.tag) else {
-                    return false;
+                    return self.tomb_response(rh.call_id, rh.to.tag, &rh, out);
                 };
                 let Some(c) = self.calls.get_mut(&id) else {
                     return false;
@@ -875,7 +904,7 @@ impl Calls {
                     return false;
                 };
                 let Some((id, side)) = self.lookup(rq.call_id, rq.from.tag) else {
-                    return false;
+                    return self.tomb_request(src, arrived, msg, &rq, out);
                 };
                 let Some(c) = self.calls.get_mut(&id) else {
                     return false;
@@ -947,25 +976,96 @@ impl Calls {
         self.by_a.get(&self.key).map(|&id| (id, Side::A))
     }
 
+    /// The tomb of the leg a stray message names, if its call ended less than 64·T1 ago.
+    fn tomb(&self, call_id: &[u8], tag: Option<&[u8]>) -> Option<&tombs::Tomb> {
+        self.tombs
+            .get(self.tombs.key_of_call_id(call_id))
+            .or_else(|| self.tombs.get(self.tombs.key_of_dialog(call_id, tag?)))
+    }
+
+    /// A response for an ended call: absorbed; a retransmitted final answer to sipedge's INVITE
+    /// gets its ACK again.
+    fn tomb_response(
+        &self,
+        call_id: &[u8],
+        tag: Option<&[u8]>,
+        rh: &ResponseHeaders<'_>,
+        out: &mut Vec<Out>,
+    ) -> bool {
+        let Some(t) = self.tomb(call_id, tag) else {
+            return false;
+        };
+        if rh.cseq.method == Method::Invite && rh.code >= 200 {
+            if let Some(ack) = t.ack() {
+                out.push(Out::Send {
+                    to: ack.to,
+                    bytes: ack.bytes.clone(),
+                });
+            }
+        }
+        true
+    }
+
+    /// A request for an ended call: a retransmitted BYE or CANCEL gets its 200 again (the
+    /// answer depends on nothing but the request), ACKs and the initial INVITE's retransmissions
+    /// are absorbed; anything else is left to the caller's 481.
+    fn tomb_request(
+        &self,
+        src: SocketAddr,
+        arrived: Port,
+        msg: &Message<'_>,
+        rq: &RequestHeaders<'_>,
+        out: &mut Vec<Out>,
+    ) -> bool {
+        if self.tomb(rq.call_id, rq.from.tag).is_none() {
+            return false;
+        }
+        match rq.method {
+            Method::Ack => true,
+            Method::Invite => rq.to.tag.is_none(),
+            Method::Bye | Method::Cancel => {
+                let lines = wire::response_lines(msg, src, b"");
+                out.push(Out::Send {
+                    to: Dest {
+                        addr: response_destination(src, &rq.via),
+                        port: arrived,
+                    },
+                    bytes: wire::response(200, b"OK", &lines, None, None, b""),
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// After any event of a call: counts its end, drops finished transactions, reschedules its
-    /// timer and forgets the call once it has ended and lingered.
+    /// timer, and retires the call to its tombstones once it has ended and no transaction needs
+    /// it any more.
     fn settle(&mut self, now: u64, id: CallId, fired: bool) {
         let Some(c) = self.calls.get_mut(&id) else {
             return;
         };
-        if c.ended && c.linger_until == 0 {
+        if c.ended && !c.end_counted {
             self.active = self.active.saturating_sub(1);
-            c.linger_until = now + TIMER_J_UDP_MS;
+            c.end_counted = true;
         }
         c.txns.retain(|t| !t.done(now));
-        if c.ended && now >= c.linger_until && c.txns.is_empty() {
+        if c.ended && c.txns.iter().all(Txn::settled) {
             if let Some(at) = c.scheduled {
                 self.timers.remove(&(at, id));
             }
+            let Some(mut c) = self.calls.remove(&id) else {
+                return;
+            };
             a_key(&mut self.key, &c.a.call_id, &c.a.remote_tag);
             self.by_a.remove(&self.key);
             self.by_b.remove(&c.b.call_id);
-            self.calls.remove(&id);
+            let a = self.tombs.key_of_dialog(&c.a.call_id, &c.a.remote_tag);
+            let ack_a = last_ack(&mut c, Side::A, now);
+            self.tombs.bury(now, a, ack_a);
+            let b = self.tombs.key_of_call_id(&c.b.call_id);
+            let ack_b = last_ack(&mut c, Side::B, now);
+            self.tombs.bury(now, b, ack_b);
             return;
         }
         let mut next = None;
@@ -974,9 +1074,6 @@ impl Calls {
         }
         if c.ring_until > 0 && !c.answered && !c.ended {
             next = min_opt(next, Some(c.ring_until));
-        }
-        if c.ended && c.linger_until > now {
-            next = min_opt(next, Some(c.linger_until));
         }
         // A component whose deadline passed without progress must not spin the timer loop.
         if fired {
@@ -992,6 +1089,20 @@ impl Calls {
             c.scheduled = next;
         }
     }
+}
+
+/// The ACK of sipedge's latest INVITE on `side` while its answer may still be retransmitted.
+fn last_ack(c: &mut Call, side: Side, now: u64) -> Option<tombs::TombAck> {
+    let to = leg(c, side).dest;
+    let t = c
+        .txns
+        .iter_mut()
+        .filter(|t| t.to == side && t.method == Method::Invite && t.keep_until > now)
+        .max_by_key(|t| t.cseq)?;
+    Some(tombs::TombAck {
+        to,
+        bytes: t.ack.take()?,
+    })
 }
 
 fn leg(c: &mut Call, side: Side) -> &mut Leg {
@@ -1265,11 +1376,14 @@ fn on_response(
             let ack = ack_error(c, &c.txns[ti], msg);
             out.push(Out::Send {
                 to: leg(c, side).dest,
-                bytes: ack,
+                bytes: ack.clone(),
             });
             if !first {
                 return;
             }
+            // Kept for a tomb: the answer may be retransmitted after the call is gone (Timer D).
+            c.txns[ti].ack = Some(ack);
+            c.txns[ti].keep_until = now + TIMER_J_UDP_MS;
             if initial {
                 initial_failed(c, now, code, Some(msg), out);
             } else {

@@ -1106,3 +1106,88 @@ fn anchored_call_rewrites_sdp_toward_each_leg() {
     );
     assert_eq!(h.calls.answered_media().count(), 1);
 }
+
+#[test]
+fn an_ended_call_retires_to_tombs_that_still_answer_retransmissions() {
+    let (mut h, _id, b_invite, a_ok) = answered();
+    h.now = 10_000;
+    let sends = h.a_sends(&a_req("BYE", "z9hG4bKa3", 2, &a_ok, ""));
+    let bye = sends[1].1.clone();
+    // sipedge's BYE to B still awaits its answer: the call keeps its whole state.
+    assert_eq!(h.calls.calls.len(), 1);
+    assert!(h.b_sends(&respond(&bye, 200, None, "", "")).is_empty());
+    // Answered: nothing needs the call any more, so it is gone at once; two tombs remain.
+    assert!(h.calls.calls.is_empty() && h.calls.by_a.is_empty() && h.calls.by_b.is_empty());
+    assert_eq!(h.calls.tombs(), 2);
+    // A's BYE again (its 200 went lost): 200 again, nothing to B.
+    let again = h.a_sends(&a_req("BYE", "z9hG4bKa3", 2, &a_ok, ""));
+    let (to, ok) = only(&again);
+    assert_eq!(*to, addr(A_SRC));
+    assert_eq!(status(ok), 200);
+    assert_eq!(hv(ok, "CSeq"), "2 BYE");
+    assert!(hv(ok, "Via").contains("branch=z9hG4bKa3"));
+    // B's 200 to the INVITE again (sipedge's ACK went lost): the same ACK again.
+    let first_ack = sends_to_b(&h)
+        .into_iter()
+        .find(|s| method(s) == "ACK")
+        .unwrap();
+    let re = h.b_sends(&respond(
+        &b_invite,
+        200,
+        Some("btag1"),
+        "<sip:gw@198.51.100.20:5060>",
+        SDP_B,
+    ));
+    let (to, ack) = only(&re);
+    assert_eq!(*to, addr(B_GW));
+    assert_eq!(*ack, first_ack);
+    // The caller's ACK again, and a stray 200 to the BYE again: absorbed.
+    assert!(h
+        .a_sends(&a_req("ACK", "z9hG4bKa2", 1, &a_ok, ""))
+        .is_empty());
+    assert!(h.b_sends(&respond(&bye, 200, None, "", "")).is_empty());
+    // 64·T1 later the tombs are gone too, and the dialog is unknown (the runtime answers 481).
+    h.calls.expire_tombs(h.now + 31_999);
+    assert_eq!(h.calls.tombs(), 2);
+    h.calls.expire_tombs(h.now + 32_000);
+    assert_eq!(h.calls.tombs(), 0);
+    let m = a_req("BYE", "z9hG4bKa3", 2, &a_ok, "");
+    let m = scan(m.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    assert!(!h.calls.handle(h.now, addr(A_SRC), Port::Main, &m, &mut out));
+    assert!(out.is_empty());
+}
+
+#[test]
+fn a_failed_call_retires_once_the_caller_acks_and_its_tomb_acks_a_late_retransmission() {
+    let mut h = Harness::new();
+    let invite = a_invite("z9hG4bKa1", 70);
+    let (_, sends) = h.start_with(&invite, false);
+    let b_invite = sends[1].1.clone();
+    h.now = 2_000;
+    let sends = h.b_sends(&respond(&b_invite, 486, Some("btag1"), "", ""));
+    let b_ack = sends[0].1.clone();
+    let busy = sends[1].1.clone();
+    // The 486 to A awaits A's ACK (Timer G): the call is kept.
+    assert_eq!(h.calls.calls.len(), 1);
+    let ack = request(
+        "ACK",
+        "sip:+4930123456@203.0.113.1",
+        "10.0.0.5:5060",
+        "z9hG4bKa1",
+        &hv(&invite, "From"),
+        &hv(&busy, "To"),
+        "acall-1@10.0.0.5",
+        1,
+        "",
+    );
+    assert!(h.a_sends(&ack).is_empty());
+    assert!(h.calls.calls.is_empty());
+    assert_eq!(h.calls.tombs(), 2);
+    // B's 486 again: ACKed again from the tomb. A's INVITE again: absorbed, no second call.
+    let re = h.b_sends(&respond(&b_invite, 486, Some("btag1"), "", ""));
+    assert_eq!(only(&re).1, b_ack);
+    assert!(h.calls.knows_a(b"acall-1@10.0.0.5", b"atag1"));
+    assert!(h.a_sends(&invite).is_empty());
+    assert!(h.calls.calls.is_empty());
+}

@@ -319,6 +319,7 @@ impl Worker {
 
     /// Qualify, gateway health and forgetting old CANCEL routes: on the worker's timer tick.
     pub(super) fn call_timers(&mut self) {
+        self.desk.expire_tombs(self.now_ms);
         if let Some(q) = self.qualify.as_mut() {
             let mut due = SmallVec::<[usize; 8]>::new();
             q.poll_due(self.now_ms, &mut due);
