@@ -276,7 +276,7 @@ impl Desk {
             .calls
             .knows_a(req.call_id, req.from.tag.unwrap_or_default())
         {
-            self.calls.handle(now, src, arrived, msg, out);
+            self.calls.handle_request(now, src, arrived, msg, req, out);
             return Ok(None);
         }
         match caller {

@@ -519,7 +519,7 @@ impl Calls {
     ) -> Result<Option<CallId>, StartError> {
         let a_tag = req.from.tag.unwrap_or_default();
         if self.knows_a(req.call_id, a_tag) {
-            self.handle(now, a_src, arrived, invite, out);
+            self.handle_request(now, a_src, arrived, invite, req, out);
             return Ok(None);
         }
         // The offer is anchored (and codec-filtered) before anything exists: a 488 leaves no trace.
@@ -885,38 +885,58 @@ impl Calls {
         msg: &Message<'_>,
         out: &mut Vec<Out>,
     ) -> bool {
-        let id = match msg.start {
-            StartLine::Response { .. } => {
-                let Ok(rh) = response_headers(msg) else {
-                    return false;
-                };
-                let Some((id, side)) = self.lookup(rh.call_id, rh.to.tag) else {
-                    return self.tomb_response(rh.call_id, rh.to.tag, &rh, out);
-                };
-                let Some(c) = self.calls.get_mut(&id) else {
-                    return false;
-                };
-                on_response(&mut self.ctx, c, now, side, msg, &rh, out);
-                id
-            }
-            StartLine::Request { .. } => {
-                let Ok(rq) = request_headers(msg) else {
-                    return false;
-                };
-                let Some((id, side)) = self.lookup(rq.call_id, rq.from.tag) else {
-                    return self.tomb_request(src, arrived, msg, &rq, out);
-                };
-                let Some(c) = self.calls.get_mut(&id) else {
-                    return false;
-                };
-                let src = Dest {
-                    addr: src,
-                    port: arrived,
-                };
-                on_request(&mut self.ctx, c, now, side, src, msg, &rq, out);
-                id
-            }
+        match msg.start {
+            StartLine::Response { .. } => match response_headers(msg) {
+                Ok(rh) => self.handle_response(now, msg, &rh, out),
+                Err(_) => false,
+            },
+            StartLine::Request { .. } => match request_headers(msg) {
+                Ok(rq) => self.handle_request(now, src, arrived, msg, &rq, out),
+                Err(_) => false,
+            },
+        }
+    }
+
+    /// [`Calls::handle`] for a request whose headers the caller has already parsed.
+    pub fn handle_request(
+        &mut self,
+        now: u64,
+        src: SocketAddr,
+        arrived: Port,
+        msg: &Message<'_>,
+        rq: &RequestHeaders<'_>,
+        out: &mut Vec<Out>,
+    ) -> bool {
+        let Some((id, side)) = self.lookup(rq.call_id, rq.from.tag) else {
+            return self.tomb_request(src, arrived, msg, rq, out);
         };
+        let Some(c) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        let src = Dest {
+            addr: src,
+            port: arrived,
+        };
+        on_request(&mut self.ctx, c, now, side, src, msg, rq, out);
+        self.settle(now, id, false);
+        true
+    }
+
+    /// [`Calls::handle`] for a response whose headers the caller has already parsed.
+    pub fn handle_response(
+        &mut self,
+        now: u64,
+        msg: &Message<'_>,
+        rh: &ResponseHeaders<'_>,
+        out: &mut Vec<Out>,
+    ) -> bool {
+        let Some((id, side)) = self.lookup(rh.call_id, rh.to.tag) else {
+            return self.tomb_response(rh.call_id, rh.to.tag, rh, out);
+        };
+        let Some(c) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        on_response(&mut self.ctx, c, now, side, msg, rh, out);
         self.settle(now, id, false);
         true
     }

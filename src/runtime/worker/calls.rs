@@ -64,7 +64,7 @@ impl Worker {
             let mut outs = std::mem::take(&mut self.outs);
             self.desk
                 .calls
-                .handle(self.now_ms, src, self.arrived, msg, &mut outs);
+                .handle_request(self.now_ms, src, self.arrived, msg, req, &mut outs);
             self.desk.after(self.now_ms, &mut outs);
             self.carry_out(&mut outs, Method::Invite, arrived_ns);
             self.outs = outs;
@@ -224,10 +224,10 @@ impl Worker {
             }
         }
         let mut outs = std::mem::take(&mut self.outs);
-        let known = self
-            .desk
-            .calls
-            .handle(self.now_ms, src, self.arrived, msg, &mut outs);
+        let known =
+            self.desk
+                .calls
+                .handle_request(self.now_ms, src, self.arrived, msg, req, &mut outs);
         self.desk.after(self.now_ms, &mut outs);
         self.carry_out(&mut outs, method, arrived_ns);
         self.outs = outs;
@@ -266,7 +266,7 @@ impl Worker {
         let mut outs = std::mem::take(&mut self.outs);
         self.desk
             .calls
-            .handle(self.now_ms, src, self.arrived, msg, &mut outs);
+            .handle_response(self.now_ms, msg, &rh, &mut outs);
         self.desk.after(self.now_ms, &mut outs);
         self.carry_out(&mut outs, rh.cseq.method, arrived_ns);
         self.outs = outs;
