@@ -825,7 +825,13 @@ fn called_number<'s>(
 }
 
 fn gateway_ruri(to: &str, gw: SocketAddr) -> String {
-    format!("sip:{to}@{gw}")
+    let mut uri = Vec::with_capacity(to.len() + 32);
+    uri.extend_from_slice(b"sip:");
+    uri.extend_from_slice(to.as_bytes());
+    uri.push(b'@');
+    crate::sip::write::push_socket_addr(&mut uri, gw);
+    // Only ASCII was written: a number, '@', digits, dots, brackets, hex and colons.
+    String::from_utf8(uri).unwrap_or_default()
 }
 
 fn lossy(b: &[u8]) -> String {

@@ -327,7 +327,11 @@ impl Ctx {
     /// `<shard>-<hex>`: Call-IDs and tags that route back to this shard.
     fn mint(&mut self) -> Vec<u8> {
         let r = self.next_u64();
-        format!("{}-{:016x}", self.shard, r).into_bytes()
+        let mut id = Vec::with_capacity(24);
+        crate::sip::write::push_u64(&mut id, u64::from(self.shard));
+        id.push(b'-');
+        crate::sip::write::push_hex_u64(&mut id, r);
+        id
     }
 
     fn branch(&mut self) -> Vec<u8> {
@@ -335,7 +339,10 @@ impl Ctx {
         //# The branch ID inserted by an element compliant with this specification MUST always
         //# begin with the characters "z9hG4bK".
         let r = self.next_u64();
-        format!("z9hG4bK{r:016x}").into_bytes()
+        let mut branch = Vec::with_capacity(23);
+        branch.extend_from_slice(b"z9hG4bK");
+        crate::sip::write::push_hex_u64(&mut branch, r);
+        branch
     }
 }
 

@@ -112,7 +112,7 @@ fn rewrite_into(
         .iter()
         .enumerate()
         .map(|(index, section)| plan_section(section, index, ports, allowed))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<SmallVec<[_; 4]>, _>>()?;
     let adv = Advertise::new(advertise);
     out.reserve(body.len() + 64);
     for line in sdp.session() {
@@ -134,8 +134,11 @@ struct Line<'a> {
     value: &'a [u8],
 }
 
+/// Lines and sections on the stack for the SDP of an ordinary call (one or two m= lines).
+type Lines<'a> = SmallVec<[Line<'a>; 24]>;
+
 struct Sdp<'a> {
-    lines: Vec<Line<'a>>,
+    lines: Lines<'a>,
     /// Index of the first m= line (`lines.len()` when there is none): everything before it is
     /// session level, everything from it on belongs to some media section.
     first_media: usize,
@@ -160,9 +163,9 @@ impl<'a> Sdp<'a> {
     }
 
     /// The media sections, each starting with its m= line.
-    fn sections(&self) -> Vec<&[Line<'a>]> {
+    fn sections(&self) -> SmallVec<[&[Line<'a>]; 4]> {
         let media = self.lines.get(self.first_media..).unwrap_or(&[]);
-        let mut sections = Vec::new();
+        let mut sections = SmallVec::new();
         let mut rest = media;
         while let Some((_, after_m)) = rest.split_first() {
             let len = 1 + after_m
@@ -179,8 +182,8 @@ impl<'a> Sdp<'a> {
 
 /// Splits at LF, tolerating a CR before it; empty lines (a trailing CRLF, doubled line ends) are
 /// skipped rather than rejected because endpoints send them and they carry nothing.
-fn split_lines(body: &[u8]) -> Result<Vec<Line<'_>>, SdpError> {
-    let mut lines = Vec::new();
+fn split_lines(body: &[u8]) -> Result<Lines<'_>, SdpError> {
+    let mut lines = SmallVec::new();
     let mut rest = body;
     while !rest.is_empty() {
         let (raw, next) = match memchr(b'\n', rest) {
@@ -489,10 +492,9 @@ impl Advertise {
             IpAddr::V4(_) => b"IP4",
             IpAddr::V6(_) => b"IP6",
         };
-        Advertise {
-            addrtype,
-            addr: ip.to_string().into_bytes(),
-        }
+        let mut addr = Vec::with_capacity(40);
+        crate::sip::write::push_ip(&mut addr, ip);
+        Advertise { addrtype, addr }
     }
 }
 
@@ -539,7 +541,7 @@ fn push_line(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
 }
 
 fn push_port(out: &mut Vec<u8>, port: u16) {
-    out.extend_from_slice(port.to_string().as_bytes());
+    crate::sip::write::push_u64(out, u64::from(port));
 }
 
 fn write_session_line(line: &Line<'_>, adv: &Advertise, out: &mut Vec<u8>) -> Result<(), SdpError> {
