@@ -43,36 +43,49 @@ impl Default for RecvBatch {
 
 impl RecvBatch {
     pub fn new() -> RecvBatch {
-        RecvBatch {
+        let mut b = RecvBatch {
             data: vec![0; BATCH * MAX_DATAGRAM],
             // SAFETY: plain C structs, all-zero is a valid (empty) value.
             iov: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
             names: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
             ctrl: vec![[0u64; CMSG_SPACE / 8]; BATCH],
             hdrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
-            n: 0,
+            n: BATCH,
+        };
+        // The vectors' heap buffers never move (none is resized after this), so the pointers
+        // are set once; each receive only resets what the kernel wrote into the used headers.
+        let base = b.data.as_mut_ptr();
+        for i in 0..BATCH {
+            b.iov[i] = libc::iovec {
+                // SAFETY: i * MAX_DATAGRAM + MAX_DATAGRAM <= data.len().
+                iov_base: unsafe { base.add(i * MAX_DATAGRAM) }.cast(),
+                iov_len: MAX_DATAGRAM,
+            };
+            let h = &mut b.hdrs[i].msg_hdr;
+            h.msg_name = (&mut b.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_iov = &mut b.iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = b.ctrl[i].as_mut_ptr().cast();
         }
+        b.reset_used();
+        b
+    }
+
+    /// Restores the in/out fields of the headers the last receive used (the kernel shrinks the
+    /// name and control lengths and sets flags and lengths only on those).
+    fn reset_used(&mut self) {
+        for m in &mut self.hdrs[..self.n] {
+            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            m.msg_hdr.msg_controllen = CMSG_SPACE as _;
+            m.msg_hdr.msg_flags = 0;
+            m.msg_len = 0;
+        }
+        self.n = 0;
     }
 
     /// Receives up to BATCH datagrams without blocking; `Err(WouldBlock)` when there are none.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        let base = self.data.as_mut_ptr();
-        for i in 0..BATCH {
-            // SAFETY: i * MAX_DATAGRAM + MAX_DATAGRAM <= data.len().
-            self.iov[i] = libc::iovec {
-                iov_base: unsafe { base.add(i * MAX_DATAGRAM) }.cast(),
-                iov_len: MAX_DATAGRAM,
-            };
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = &mut self.iov[i];
-            h.msg_iovlen = 1;
-            h.msg_control = self.ctrl[i].as_mut_ptr().cast();
-            h.msg_controllen = CMSG_SPACE as _;
-            h.msg_flags = 0;
-            self.hdrs[i].msg_len = 0;
-        }
+        self.reset_used();
         // SAFETY: every header points at live buffers of the advertised sizes.
         let r = unsafe {
             libc::recvmmsg(
@@ -84,7 +97,6 @@ impl RecvBatch {
             )
         };
         if r < 0 {
-            self.n = 0;
             return Err(io::Error::last_os_error());
         }
         self.n = r as usize;
