@@ -332,6 +332,9 @@ struct Batch {
     /// Packet `i` of the send list is buffer `order[i]`.
     order: [usize; BATCH],
     dest: SockAddr,
+    /// Headers (and iovecs) the last receive or send changed: the next receive restores only
+    /// these, so a one-packet batch costs one header's set-up, not [`BATCH`].
+    dirty: usize,
 }
 
 // SAFETY: the raw pointers are re-pointed at our own buffers before every syscall; a Batch is
@@ -349,12 +352,13 @@ impl Batch {
             lens: [0; BATCH],
             order: [0; BATCH],
             dest: SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))),
+            dirty: BATCH,
         }
     }
 
     fn recv(&mut self, fd: i32) -> io::Result<usize> {
         let base = self.data.as_mut_ptr();
-        for i in 0..BATCH {
+        for i in 0..self.dirty {
             self.iov[i] = libc::iovec {
                 // SAFETY: i * MAX_PACKET + MAX_PACKET <= data.len().
                 iov_base: unsafe { base.add(i * MAX_PACKET) }.cast(),
@@ -380,9 +384,11 @@ impl Batch {
             )
         };
         if r < 0 {
+            self.dirty = 0;
             return Err(io::Error::last_os_error());
         }
         let n = r as usize;
+        self.dirty = n;
         for i in 0..n {
             self.lens[i] = (self.hdrs[i].msg_len as usize).min(MAX_PACKET);
         }
@@ -407,6 +413,7 @@ impl Batch {
     /// (RTP tolerates loss better than delay).
     fn send(&mut self, fd: i32, n: usize, dest: SocketAddr) {
         self.dest = SockAddr::from(dest);
+        self.dirty = self.dirty.max(n);
         let base = self.data.as_mut_ptr();
         for pos in 0..n {
             let i = self.order[pos];
