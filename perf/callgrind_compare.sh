@@ -5,7 +5,8 @@
 # rate, stop it, sum the instructions of every process/thread it had, and report
 # (total(N2) - total(N1)) / (N2 - N1): start-up, idle loops and shutdown cancel out.
 # Loopback only; every process is bounded and stopped by PID.
-#   usage: perf/callgrind_compare.sh [N1=1000] [N2=4000] [RATE=400]
+#   usage: [SYSTEMS="raw kamailio sipedge"] [KEEP=1] perf/callgrind_compare.sh [N1=1000] [N2=4000] [RATE=400]
+#   (KEEP=1 keeps the callgrind outputs for callgrind_annotate)
 # Needs: valgrind, kamailio, and the reference kit's bin/sip_responder in $REF (default
 # /tmp/sipedge-ref: copy ../shared/reference there and run its install.sh). Users come from
 # perf/gen_users.py, the same for all three systems.
@@ -20,7 +21,10 @@ command -v valgrind >/dev/null || { echo "error: valgrind is not installed"; exi
 (cd "$ROOT" && cargo build --release --quiet --bin sipedge --bin sipedge-loadgen) || exit 1
 W=$(mktemp -d /tmp/sipedge-cgc.XXXXXX)
 PID=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"; }
+cleanup() {
+  [ -n "$PID" ] && kill "$PID" 2>/dev/null
+  wait 2>/dev/null; if [ -n "${KEEP:-}" ]; then echo "callgrind outputs kept in $W"; else rm -rf "$W"; fi
+}
 trap cleanup EXIT
 PORT=5470
 python3 "$ROOT/perf/gen_users.py" --n 1000 --out "$W/users" >/dev/null
@@ -34,10 +38,12 @@ sum_ir() { # dir -> total Ir over all callgrind outputs
   done
   echo $t
 }
-sha_ir() { # dir -> Ir in sha2 soft compress (inclusive is not needed: it is a leaf)
+sha_ir() { # dir -> Ir in sha2's software compress, inclusive (its inlined helpers are listed
+  # under other source files in the exclusive view, so summing exclusive lines is unreliable)
   local t=0
   for f in "$1"/cg.out*; do
-    v=$(callgrind_annotate --threshold=100 "$f" 2>/dev/null | grep 'sha2::sha256::soft::compress' | awk '{gsub(",","",$1); s+=$1} END {print s+0}')
+    v=$(callgrind_annotate --inclusive=yes --threshold=100 "$f" 2>/dev/null \
+      | grep 'soft.rs:sha2::sha256::soft::compress \[' | head -1 | awk '{gsub(",","",$1); print $1+0}')
     t=$((t + ${v:-0}))
   done
   echo $t
@@ -79,7 +85,7 @@ measure() { # system N -> total Ir of that run
 }
 
 printf "%-9s %12s %12s %14s %14s\n" system "Ir/reg" "minus SHA" "ok(N1)" "ok(N2)"
-for sys in raw kamailio sipedge; do
+for sys in ${SYSTEMS:-raw kamailio sipedge}; do
   read -r a sa oka < <(measure $sys "$N1")
   read -r b sb okb < <(measure $sys "$N2")
   per=$(( (b - a) / (okb - oka) ))
