@@ -503,7 +503,7 @@ impl Calls {
         self.tombs.expire(now, 100_000);
     }
 
-    /// Ended calls still remembered (as tombstones), for tests and metrics.
+    /// Ended calls' legs still remembered (as tombstones).
     pub fn tombs(&self) -> usize {
         self.tombs.len()
     }
@@ -883,7 +883,9 @@ impl Calls {
     }
 
     /// Any SIP message of a call of this shard (either leg, request or response). False when
-    /// it matches no call (the runtime answers a stray request 481) or is malformed.
+    /// it matches no call (the runtime answers a stray request 481) or is malformed. The
+    /// runtime, which has parsed the headers already, calls [`Calls::handle_request`] and
+    /// [`Calls::handle_response`] directly.
     pub fn handle(
         &mut self,
         now: u64,
