@@ -1,8 +1,12 @@
 //! One media thread: the sockets of the blocks it owns, and the packet path between them.
 //!
-//! A readable socket is drained with `recvmmsg` into a fixed ring of buffers; each packet is
-//! checked against its leg's latch, counted, and the whole batch leaves through the paired
-//! socket of the other leg with one `sendmmsg`, from the same buffers (no copy, no allocation).
+//! A readable socket is drained with `recvmmsg` into a ring of buffers; each packet is checked
+//! against its leg's latch and counted, and what passes is queued for the paired socket of the
+//! other leg. At the end of the loop turn the queue leaves from the same buffers (no copy, no
+//! allocation): as io_uring SENDMSG entries in one submission for every socket of the turn, or,
+//! where io_uring is unavailable (an old kernel, a seccomp profile, `io_uring_disabled`), one
+//! `sendmmsg` per socket. With a socket per port a packet rarely shares a syscall with another
+//! on the same socket, so batching across sockets is what saves syscalls (perf/RESULTS.md).
 //! The socket's token is its port offset, so the session is an index away.
 
 use super::{Command, Leg, Shared, BLOCK_PORTS, LATCH_WINDOW_MS};
@@ -20,6 +24,8 @@ use std::time::Duration;
 
 pub const WAKER: Token = Token(usize::MAX);
 const BATCH: usize = 32;
+/// Buffers held by one loop turn's packets until they are sent.
+const RING: usize = 256;
 /// RTP over UDP stays well under this; a larger datagram is truncated and still relayed.
 const MAX_PACKET: usize = 2048;
 /// Batches per socket per readiness event, so one busy socket cannot starve the others.
@@ -100,7 +106,7 @@ impl Relay {
             shared,
             commands,
             sessions: (0..blocks).map(|_| None).collect(),
-            batch: Batch::new(),
+            batch: Batch::new(true),
             parked,
             active: 0,
         }
@@ -146,6 +152,7 @@ impl Relay {
                 let t = ev.token().0;
                 self.relay(t / BLOCK_PORTS as usize, t % BLOCK_PORTS as usize, now_ms);
             }
+            self.batch.flush();
         }
     }
 
@@ -263,7 +270,7 @@ impl Relay {
             // A free block: late packets of its last call, or a scan. Drained, counted.
             for _ in 0..MAX_BATCHES {
                 match self.batch.recv(s.sockets[idx].as_raw_fd()) {
-                    Ok(n) => {
+                    Ok((_, n)) => {
                         stats
                             .dropped_no_session
                             .fetch_add(n as u64, Ordering::Relaxed);
@@ -277,14 +284,14 @@ impl Relay {
             return;
         }
         for _ in 0..MAX_BATCHES {
-            let n = match self.batch.recv(s.sockets[idx].as_raw_fd()) {
-                Ok(n) => n,
+            let (first, n) = match self.batch.recv(s.sockets[idx].as_raw_fd()) {
+                Ok(r) => r,
                 Err(_) => return,
             };
             let dest = s.latches[out].dest();
             let mut keep = 0;
             let mut kept_bytes = 0u64;
-            for i in 0..n {
+            for i in first..first + n {
                 let Some(src) = self.batch.source(i) else {
                     continue;
                 };
@@ -293,7 +300,7 @@ impl Relay {
                     continue;
                 }
                 kept_bytes += self.batch.len(i) as u64;
-                self.batch.keep(i, keep);
+                self.batch.keep(i);
                 keep += 1;
             }
             if keep > 0 {
@@ -305,9 +312,10 @@ impl Relay {
                     Some(d) => {
                         stats.packets.fetch_add(keep as u64, Ordering::Relaxed);
                         stats.bytes.fetch_add(kept_bytes, Ordering::Relaxed);
-                        self.batch.send(s.sockets[out].as_raw_fd(), keep, d);
+                        self.batch.queue(s.sockets[out].as_raw_fd(), d);
                     }
                     None => {
+                        self.batch.unkeep();
                         stats
                             .dropped_no_session
                             .fetch_add(keep as u64, Ordering::Relaxed);
@@ -321,78 +329,127 @@ impl Relay {
     }
 }
 
-/// recvmmsg/sendmmsg over one fixed set of buffers: packets are sent from where they landed.
+/// How a turn's queued packets leave.
+enum Sender {
+    /// One io_uring submission for all of them.
+    Uring(Box<io_uring::IoUring>),
+    /// One `sendmmsg` per run of packets for the same socket.
+    Mmsg,
+}
+
+impl Sender {
+    fn new(try_uring: bool) -> Sender {
+        if !try_uring {
+            return Sender::Mmsg;
+        }
+        match io_uring::IoUring::new(2 * RING as u32) {
+            Ok(ring) => Sender::Uring(Box::new(ring)),
+            Err(e) => {
+                tracing::warn!("io_uring unavailable ({e}): media sends use sendmmsg");
+                Sender::Mmsg
+            }
+        }
+    }
+}
+
+/// recvmmsg into a ring of buffers; what is kept is queued and sent, at [`Batch::flush`], from
+/// where it landed.
 struct Batch {
     data: Vec<u8>,
     iov: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_storage>,
     hdrs: Vec<libc::mmsghdr>,
     /// Received length of each buffer.
-    lens: [usize; BATCH],
-    /// Packet `i` of the send list is buffer `order[i]`.
-    order: [usize; BATCH],
-    dest: SockAddr,
-    /// Headers (and iovecs) the last receive or send changed: the next receive restores only
-    /// these, so a one-packet batch costs one header's set-up, not [`BATCH`].
-    dirty: usize,
+    lens: [usize; RING],
+    /// The first slot the next receive fills; slots before it hold this turn's packets.
+    next: usize,
+    /// Slots kept since the last [`Batch::queue`] (from `grouped` to `kept` in `order`).
+    order: [usize; RING],
+    kept: usize,
+    grouped: usize,
+    /// Queued packet `q`: its destination, iovec and header (each send carries its own).
+    dests: Vec<libc::sockaddr_storage>,
+    send_iov: Vec<libc::iovec>,
+    send_hdrs: Vec<libc::mmsghdr>,
+    queued: usize,
+    /// (socket, first queued packet, count) per [`Batch::queue`] call; capacity [`RING`].
+    groups: Vec<(i32, usize, usize)>,
+    sender: Sender,
 }
 
-// SAFETY: the raw pointers are re-pointed at our own buffers before every syscall; a Batch is
-// moved into its thread once and never shared.
+// SAFETY: the raw pointers point into the Batch's own heap buffers, which never move (no vector
+// here is resized after `new`); a Batch is moved into its thread once and never shared.
 unsafe impl Send for Batch {}
 
 impl Batch {
-    fn new() -> Batch {
-        Batch {
-            data: vec![0; BATCH * MAX_PACKET],
-            // SAFETY: plain C structs; all-zero is a valid empty value.
-            iov: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
-            names: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
-            hdrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
-            lens: [0; BATCH],
-            order: [0; BATCH],
-            dest: SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))),
-            dirty: BATCH,
-        }
-    }
-
-    fn recv(&mut self, fd: i32) -> io::Result<usize> {
-        let base = self.data.as_mut_ptr();
-        for i in 0..self.dirty {
-            self.iov[i] = libc::iovec {
+    fn new(try_uring: bool) -> Batch {
+        let mut b = Batch {
+            data: vec![0; RING * MAX_PACKET],
+            // SAFETY (all the zeroed() here): plain C structs; all-zero is a valid empty value.
+            iov: (0..RING).map(|_| unsafe { zeroed() }).collect(),
+            names: (0..RING).map(|_| unsafe { zeroed() }).collect(),
+            hdrs: (0..RING).map(|_| unsafe { zeroed() }).collect(),
+            lens: [0; RING],
+            next: 0,
+            order: [0; RING],
+            kept: 0,
+            grouped: 0,
+            dests: (0..RING).map(|_| unsafe { zeroed() }).collect(),
+            send_iov: (0..RING).map(|_| unsafe { zeroed() }).collect(),
+            send_hdrs: (0..RING).map(|_| unsafe { zeroed() }).collect(),
+            queued: 0,
+            groups: Vec::with_capacity(RING),
+            sender: Sender::new(try_uring),
+        };
+        let base = b.data.as_mut_ptr();
+        for i in 0..RING {
+            b.iov[i] = libc::iovec {
                 // SAFETY: i * MAX_PACKET + MAX_PACKET <= data.len().
                 iov_base: unsafe { base.add(i * MAX_PACKET) }.cast(),
                 iov_len: MAX_PACKET,
             };
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = &mut self.iov[i];
+            let h = &mut b.hdrs[i].msg_hdr;
+            h.msg_name = (&mut b.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_iov = &mut b.iov[i];
             h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
+            let h = &mut b.send_hdrs[i].msg_hdr;
+            h.msg_name = (&mut b.dests[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_iov = &mut b.send_iov[i];
+            h.msg_iovlen = 1;
         }
-        // SAFETY: every header points at live buffers of the advertised sizes.
+        b
+    }
+
+    /// Receives up to [`BATCH`] packets into the next free slots: (first slot, count). Sends
+    /// what is queued first when the ring has no room for a whole batch.
+    fn recv(&mut self, fd: i32) -> io::Result<(usize, usize)> {
+        if self.next + BATCH > RING {
+            self.flush();
+        }
+        let first = self.next;
+        for m in &mut self.hdrs[first..first + BATCH] {
+            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            m.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: headers first..first+BATCH point at live buffers of the advertised sizes.
         let r = unsafe {
             libc::recvmmsg(
                 fd,
-                self.hdrs.as_mut_ptr(),
+                self.hdrs[first..].as_mut_ptr(),
                 BATCH as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
         };
         if r < 0 {
-            self.dirty = 0;
             return Err(io::Error::last_os_error());
         }
         let n = r as usize;
-        self.dirty = n;
-        for i in 0..n {
+        for i in first..first + n {
             self.lens[i] = (self.hdrs[i].msg_len as usize).min(MAX_PACKET);
         }
-        Ok(n)
+        self.next += n;
+        Ok((first, n))
     }
 
     fn source(&self, i: usize) -> Option<SocketAddr> {
@@ -404,50 +461,102 @@ impl Batch {
         self.lens[i]
     }
 
-    /// Buffer `i` is the `pos`-th packet to send.
-    fn keep(&mut self, i: usize, pos: usize) {
-        self.order[pos] = i;
+    /// Slot `i` goes out with the next [`Batch::queue`].
+    fn keep(&mut self, i: usize) {
+        self.order[self.kept] = i;
+        self.kept += 1;
     }
 
-    /// Sends the first `n` kept packets to `dest` through `fd`; what the kernel refuses is lost
-    /// (RTP tolerates loss better than delay).
-    fn send(&mut self, fd: i32, n: usize, dest: SocketAddr) {
-        self.dest = SockAddr::from(dest);
-        self.dirty = self.dirty.max(n);
-        let base = self.data.as_mut_ptr();
-        for pos in 0..n {
-            let i = self.order[pos];
-            self.iov[pos] = libc::iovec {
-                // SAFETY: i < BATCH, so the buffer is inside `data`.
-                iov_base: unsafe { base.add(i * MAX_PACKET) }.cast(),
+    /// Forgets the slots kept since the last [`Batch::queue`].
+    fn unkeep(&mut self) {
+        self.kept = self.grouped;
+    }
+
+    /// The slots kept since the last call go to `dest` through `fd` at the next flush.
+    fn queue(&mut self, fd: i32, dest: SocketAddr) {
+        let d = SockAddr::from(dest);
+        let first = self.queued;
+        for k in self.grouped..self.kept {
+            let i = self.order[k];
+            let q = self.queued;
+            // SAFETY: a SockAddr is at most a sockaddr_storage long.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    d.as_ptr().cast::<u8>(),
+                    (&mut self.dests[q] as *mut libc::sockaddr_storage).cast::<u8>(),
+                    d.len() as usize,
+                );
+            }
+            self.send_iov[q] = libc::iovec {
+                iov_base: self.iov[i].iov_base,
                 iov_len: self.lens[i],
             };
-            let h = &mut self.hdrs[pos].msg_hdr;
-            h.msg_name = self.dest.as_ptr() as *mut libc::c_void;
-            h.msg_namelen = self.dest.len();
-            h.msg_iov = &mut self.iov[pos];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
-        }
-        let mut sent = 0;
-        while sent < n {
-            // SAFETY: headers sent..n point at live buffers and the destination.
-            let r = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.hdrs[sent..].as_mut_ptr(),
-                    (n - sent) as libc::c_uint,
-                    libc::MSG_DONTWAIT,
+            self.send_hdrs[q].msg_hdr.msg_namelen = d.len();
+            if let Sender::Uring(ring) = &mut self.sender {
+                let sqe = io_uring::opcode::SendMsg::new(
+                    io_uring::types::Fd(fd),
+                    &self.send_hdrs[q].msg_hdr,
                 )
-            };
-            if r > 0 {
-                sent += r as usize;
-            } else if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                // Buffer full or unreachable: skip one and go on.
-                sent += 1;
+                .flags(libc::MSG_DONTWAIT as u32)
+                .build();
+                // SAFETY: the header, its iovec, name and buffer stay untouched until the flush
+                // that submits this entry. The queue holds 2·RING entries and at most RING
+                // packets are queued, so the push cannot fail.
+                let _ = unsafe { ring.submission().push(&sqe) };
             }
+            self.queued += 1;
+        }
+        if self.queued > first {
+            self.groups.push((fd, first, self.queued - first));
+        }
+        self.grouped = self.kept;
+    }
+
+    /// Sends everything queued and empties the ring. What the kernel refuses is lost (RTP
+    /// tolerates loss better than delay).
+    fn flush(&mut self) {
+        if self.queued > 0 {
+            match &mut self.sender {
+                Sender::Uring(ring) => {
+                    // MSG_DONTWAIT UDP sends complete inside the submit (copied into socket
+                    // buffers, or failed with EAGAIN): the buffers are free once it returns.
+                    if let Err(e) = ring.submit() {
+                        tracing::warn!("io_uring submit failed: {e}");
+                    }
+                    for _ in ring.completion() {}
+                }
+                Sender::Mmsg => {
+                    for &(fd, first, count) in &self.groups {
+                        send_all(fd, &mut self.send_hdrs[first..first + count]);
+                    }
+                }
+            }
+        }
+        self.groups.clear();
+        self.queued = 0;
+        self.next = 0;
+        self.kept = 0;
+        self.grouped = 0;
+    }
+}
+
+/// `sendmmsg` until every header went out (skipping one the kernel refuses).
+fn send_all(fd: i32, hdrs: &mut [libc::mmsghdr]) {
+    let mut sent = 0;
+    while sent < hdrs.len() {
+        // SAFETY: headers sent.. point at live buffers and destinations.
+        let r = unsafe {
+            libc::sendmmsg(
+                fd,
+                hdrs[sent..].as_mut_ptr(),
+                (hdrs.len() - sent) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r > 0 {
+            sent += r as usize;
+        } else if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            sent += 1;
         }
     }
 }
@@ -490,6 +599,61 @@ mod tests {
         assert_eq!(l.dest(), Some(addr("203.0.113.5:7002")));
         assert!(!l.admit(addr("203.0.113.5:7000"), 2_000), "window closed");
         assert!(l.admit(addr("203.0.113.5:7002"), 2_001));
+    }
+
+    /// Packets from two sockets, queued in one turn, reach the sink from the right socket with
+    /// their bytes intact: through io_uring when the kernel offers it, and through sendmmsg.
+    #[test]
+    fn a_turns_packets_leave_from_their_sockets_by_either_sender() {
+        use std::net::UdpSocket as Std;
+        for try_uring in [true, false] {
+            let mut b = Batch::new(try_uring);
+            if try_uring && matches!(b.sender, Sender::Mmsg) {
+                eprintln!("io_uring unavailable here: both rounds test sendmmsg");
+            }
+            let peer = Std::bind("127.0.0.1:0").unwrap();
+            let sink = Std::bind("127.0.0.1:0").unwrap();
+            sink.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let ins = [
+                Std::bind("127.0.0.1:0").unwrap(),
+                Std::bind("127.0.0.1:0").unwrap(),
+            ];
+            let outs = [
+                Std::bind("127.0.0.1:0").unwrap(),
+                Std::bind("127.0.0.1:0").unwrap(),
+            ];
+            for (k, sock) in ins.iter().enumerate() {
+                for j in 0..3u8 {
+                    peer.send_to(&[k as u8, j, 0xAB], sock.local_addr().unwrap())
+                        .unwrap();
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            for (k, sock) in ins.iter().enumerate() {
+                let (first, n) = b.recv(sock.as_raw_fd()).unwrap();
+                assert_eq!(n, 3);
+                for i in first..first + n {
+                    assert_eq!(b.source(i), Some(peer.local_addr().unwrap()));
+                    b.keep(i);
+                }
+                b.queue(outs[k].as_raw_fd(), sink.local_addr().unwrap());
+            }
+            b.flush();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            for _ in 0..6 {
+                let (len, from) = sink.recv_from(&mut buf).unwrap();
+                let k = usize::from(buf[0]);
+                assert_eq!(from, outs[k].local_addr().unwrap(), "uring: {try_uring}");
+                got.push(buf[..len].to_vec());
+            }
+            got.sort();
+            let want: Vec<Vec<u8>> = (0..2u8)
+                .flat_map(|k| (0..3u8).map(move |j| vec![k, j, 0xAB]))
+                .collect();
+            assert_eq!(got, want, "uring: {try_uring}");
+        }
     }
 
     #[test]
