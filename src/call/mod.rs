@@ -940,7 +940,7 @@ impl Calls {
         out: &mut Vec<Out>,
     ) -> bool {
         let Some((id, side)) = self.lookup(rh.call_id, rh.to.tag) else {
-            return self.tomb_response(rh.call_id, rh.to.tag, rh, out);
+            return self.tomb_response(rh, out);
         };
         let Some(c) = self.calls.get_mut(&id) else {
             return false;
@@ -1014,14 +1014,8 @@ impl Calls {
 
     /// A response for an ended call: absorbed; a retransmitted final answer to sipedge's INVITE
     /// gets its ACK again.
-    fn tomb_response(
-        &self,
-        call_id: &[u8],
-        tag: Option<&[u8]>,
-        rh: &ResponseHeaders<'_>,
-        out: &mut Vec<Out>,
-    ) -> bool {
-        let Some(t) = self.tomb(call_id, tag) else {
+    fn tomb_response(&self, rh: &ResponseHeaders<'_>, out: &mut Vec<Out>) -> bool {
+        let Some(t) = self.tomb(rh.call_id, rh.to.tag) else {
             return false;
         };
         if rh.cseq.method == Method::Invite && rh.code >= 200 {
