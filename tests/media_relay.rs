@@ -2,11 +2,13 @@
 //! latching to the source an endpoint really sends from, strays dropped and counted, and blocks
 //! coming back to the pool when calls end (no leak over 10,000 sessions).
 //!
-//! Each test takes its own port range (16 or 256 ports) in a zone no other test uses, so tests
+//! Each test runs twice: with the ports steered to one socket per media thread (where the
+//! process may attach the BPF program, as root in CI) and with a socket polled per port.
+//! Each run takes its own port range (16 or 256 ports) in a zone no other test uses, so tests
 //! run in parallel.
 
 use sipedge::config::MediaConfig;
-use sipedge::media::{Leg, Media};
+use sipedge::media::{Leg, Media, Receive};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +21,7 @@ fn now_ms() -> u64 {
 
 /// Media threads over `ports` ports (at most 256) in 62400–65471: above the kernel's ephemeral
 /// range and the other tests' media ports; tests of this process take distinct slots.
-fn media(ports: u16) -> Media {
+fn media(ports: u16, receive: Receive) -> Media {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let slot = (std::process::id().wrapping_mul(7) + n) % 12;
@@ -33,9 +35,46 @@ fn media(ports: u16) -> Media {
         timeout_s: 60,
     };
     let (m, _threads) =
-        Media::start(&cfg, "127.0.0.1".parse().unwrap(), &[]).expect("media threads");
+        Media::start_with(&cfg, "127.0.0.1".parse().unwrap(), &[], receive).expect("media threads");
+    let steered = receive == Receive::Steered && may_attach_bpf();
+    assert_eq!(m.steered(), steered, "steering as asked for");
     m
 }
+
+/// Whether this process holds CAP_BPF (39) and CAP_NET_ADMIN (12), which steering needs.
+fn may_attach_bpf() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    eff & (1 << 39) != 0 && eff & (1 << 12) != 0
+}
+
+/// Runs a test body once per way of receiving.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn steered() {
+                super::$name(sipedge::media::Receive::Steered)
+            }
+            #[test]
+            fn per_port() {
+                super::$name(sipedge::media::Receive::PerPort)
+            }
+        }
+    )*};
+}
+
+both!(
+    rtp_is_relayed_both_ways_and_counted,
+    an_endpoint_sending_from_another_port_than_its_sdp_still_gets_audio,
+    a_stray_source_is_not_latched,
+    ports_are_freed_when_calls_end,
+    a_reused_block_relays_for_its_new_call_only,
+);
 
 fn endpoint(ip: &str) -> UdpSocket {
     let s = UdpSocket::bind((ip, 0)).unwrap();
@@ -84,9 +123,8 @@ fn recv(s: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
         .map(|(n, src)| (buf[..n].to_vec(), src))
 }
 
-#[test]
-fn rtp_is_relayed_both_ways_and_counted() {
-    let m = media(16);
+fn rtp_is_relayed_both_ways_and_counted(receive: Receive) {
+    let m = media(16, receive);
     let (caller, callee) = (endpoint("127.0.0.1"), endpoint("127.0.0.1"));
     let block = m.allocate(0).expect("a block");
     let (pa, pb) = (m.port(block, Leg::A), m.port(block, Leg::B));
@@ -131,9 +169,8 @@ fn rtp_is_relayed_both_ways_and_counted() {
 
 /// An endpoint behind NAT sends from another address than its SDP names: within the window
 /// after the SDP, its real source is latched and gets the other side's audio.
-#[test]
-fn an_endpoint_sending_from_another_port_than_its_sdp_still_gets_audio() {
-    let m = media(16);
+fn an_endpoint_sending_from_another_port_than_its_sdp_still_gets_audio(receive: Receive) {
+    let m = media(16, receive);
     let (natted, callee) = (endpoint("127.0.0.1"), endpoint("127.0.0.1"));
     let block = m.allocate(1).expect("a block");
     let (pa, pb) = (m.port(block, Leg::A), m.port(block, Leg::B));
@@ -150,9 +187,8 @@ fn an_endpoint_sending_from_another_port_than_its_sdp_still_gets_audio() {
 
 /// Once the window has passed, only the latched source is relayed; others are dropped and
 /// counted as strays.
-#[test]
-fn a_stray_source_is_not_latched() {
-    let m = media(16);
+fn a_stray_source_is_not_latched(receive: Receive) {
+    let m = media(16, receive);
     let (caller, callee, stray) = (
         endpoint("127.0.0.1"),
         endpoint("127.0.0.1"),
@@ -199,9 +235,8 @@ fn a_stray_source_is_not_latched() {
 
 /// Every block comes back when its call ends: 10,000 sessions through 64 blocks, and at the end
 /// every block can be taken at once again.
-#[test]
-fn ports_are_freed_when_calls_end() {
-    let m = media(256);
+fn ports_are_freed_when_calls_end(receive: Receive) {
+    let m = media(256, receive);
     assert_eq!(m.capacity(), 64);
     let mut taken = Vec::new();
     for i in 0..10_000u64 {
@@ -246,9 +281,8 @@ fn ports_are_freed_when_calls_end() {
 
 /// A block freed by one call is reused by the next with its sockets still bound: it relays for
 /// the new call's endpoints, and the old call's late packets are not relayed to them.
-#[test]
-fn a_reused_block_relays_for_its_new_call_only() {
-    let m = media(4);
+fn a_reused_block_relays_for_its_new_call_only(receive: Receive) {
+    let m = media(4, receive);
     assert_eq!(m.capacity(), 1);
     let (old_a, old_b) = (endpoint("127.0.0.3"), endpoint("127.0.0.3"));
     let block = m.allocate(0).expect("the block");

@@ -1,14 +1,17 @@
 //! One media thread: the sockets of the blocks it owns, and the packet path between them.
 //!
-//! A readable socket is drained with `recvmmsg` into a ring of buffers; each packet is checked
-//! against its leg's latch and counted, and what passes is queued for the paired socket of the
-//! other leg. At the end of the loop turn the queue leaves from the same buffers (no copy, no
+//! Packets arrive on the thread's steered socket (every port of its blocks, `steer`), or where
+//! steering is unavailable on each port's own socket. Either is drained with `recvmmsg` into a
+//! ring of buffers; each packet is checked against its leg's latch and counted, and what passes
+//! is queued for the paired socket of the other leg. At the end of the loop turn the queue leaves from the same buffers (no copy, no
 //! allocation): as io_uring SENDMSG entries in one submission for every socket of the turn, or,
 //! where io_uring is unavailable (an old kernel, a seccomp profile, `io_uring_disabled`), one
 //! `sendmmsg` per socket. With a socket per port a packet rarely shares a syscall with another
 //! on the same socket, so batching across sockets is what saves syscalls (perf/RESULTS.md).
-//! The socket's token is its port offset, so the session is an index away.
+//! A packet's port (its original destination on the steered socket, the token of a port's own
+//! socket) minus the range's base is its block and leg: the session is an index away.
 
+use super::steer::Steering;
 use super::{Command, Leg, Shared, BLOCK_PORTS, LATCH_WINDOW_MS};
 use crossbeam_channel::Receiver;
 use mio::net::UdpSocket;
@@ -23,13 +26,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const WAKER: Token = Token(usize::MAX);
+const STEERED: Token = Token(usize::MAX - 1);
 const BATCH: usize = 32;
 /// Buffers held by one loop turn's packets until they are sent.
 const RING: usize = 256;
+/// Room for one IP(V6)_ORIGDSTADDR control message (a sockaddr_in6 in a cmsghdr).
+const CTRL_WORDS: usize = 8;
 /// RTP over UDP stays well under this; a larger datagram is truncated and still relayed.
 const MAX_PACKET: usize = 2048;
 /// Batches per socket per readiness event, so one busy socket cannot starve the others.
 const MAX_BATCHES: usize = 8;
+/// Batches from the steered socket per loop turn before commands are looked at again.
+const STEERED_BATCHES: usize = 64;
 
 /// Where one endpoint's packets come from and go to (one per leg and per RTP/RTCP).
 #[derive(Clone, Copy, Default)]
@@ -75,8 +83,28 @@ struct Session {
     active: bool,
 }
 
+/// A thread's steered socket and the steering that feeds it.
+pub struct SteeredSocket {
+    socket: UdpSocket,
+    steering: Arc<Steering>,
+}
+
+impl SteeredSocket {
+    pub fn new(socket: socket2::Socket, steering: Arc<Steering>) -> SteeredSocket {
+        SteeredSocket {
+            socket: UdpSocket::from_std(socket.into()),
+            steering,
+        }
+    }
+}
+
 pub struct Relay {
     poll: Poll,
+    /// This thread's index among the media threads.
+    thread: u32,
+    steered: Option<SteeredSocket>,
+    /// The steered socket was left with packets queued: read it again without waiting.
+    backlog: bool,
     shared: Arc<Shared>,
     commands: Receiver<Command>,
     /// Indexed by block; only this thread's blocks are ever Some.
@@ -99,17 +127,26 @@ impl Relay {
         shared: Arc<Shared>,
         commands: Receiver<Command>,
         parked: Arc<AtomicBool>,
-    ) -> Relay {
+        thread: u32,
+        mut steered: Option<SteeredSocket>,
+    ) -> io::Result<Relay> {
         let blocks = shared.blocks as usize;
-        Relay {
+        if let Some(s) = &mut steered {
+            poll.registry()
+                .register(&mut s.socket, STEERED, Interest::READABLE)?;
+        }
+        Ok(Relay {
             poll,
+            thread,
+            steered,
+            backlog: false,
             shared,
             commands,
             sessions: (0..blocks).map(|_| None).collect(),
             batch: Batch::new(true),
             parked,
             active: 0,
-        }
+        })
     }
 
     pub fn run(mut self) {
@@ -124,7 +161,7 @@ impl Relay {
             // command from the signalling workers. Idle, the thread sleeps long and asks to be
             // woken; re-checking the queue after setting the flag closes the race with a sender
             // that looked just before.
-            let timeout = if !self.commands.is_empty() {
+            let timeout = if !self.commands.is_empty() || self.backlog {
                 Duration::ZERO
             } else if self.active > 0 {
                 TICK
@@ -145,12 +182,18 @@ impl Relay {
                 continue;
             }
             let now_ms = crate::runtime::worker::unix_now().as_millis() as u64;
+            let mut steered = std::mem::take(&mut self.backlog);
             for ev in events.iter() {
-                if ev.token() == WAKER {
-                    continue;
+                match ev.token() {
+                    WAKER => {}
+                    STEERED => steered = true,
+                    Token(t) => {
+                        self.relay(t / BLOCK_PORTS as usize, t % BLOCK_PORTS as usize, now_ms)
+                    }
                 }
-                let t = ev.token().0;
-                self.relay(t / BLOCK_PORTS as usize, t % BLOCK_PORTS as usize, now_ms);
+            }
+            if steered {
+                self.backlog = self.relay_steered(now_ms);
             }
             self.batch.flush();
         }
@@ -236,8 +279,16 @@ impl Relay {
             latches: [Latch::default(); 4],
             active: true,
         };
+        // Steered, the block's sockets only send; should the map refuse the block, its own
+        // sockets are polled instead.
+        let owned = self.steered.as_ref().is_some_and(|st| {
+            st.steering
+                .own(block, self.thread)
+                .map_err(|e| tracing::warn!(block, "media steering refused a block: {e}"))
+                .is_ok()
+        });
         let token = block as usize * BLOCK_PORTS as usize;
-        for (i, sock) in s.sockets.iter_mut().enumerate() {
+        for (i, sock) in s.sockets.iter_mut().enumerate().filter(|_| !owned) {
             if let Err(e) =
                 self.poll
                     .registry()
@@ -329,6 +380,82 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// Drains the steered socket: each packet's original port names its block and leg. True
+    /// when packets may be left (the turn's share was used up).
+    fn relay_steered(&mut self, now_ms: u64) -> bool {
+        let Some(st) = &self.steered else {
+            return false;
+        };
+        let fd = st.socket.as_raw_fd();
+        let base = self.shared.base;
+        let stats = &self.shared.stats;
+        let (mut relayed, mut relayed_bytes, mut stray, mut dead) = (0u64, 0u64, 0u64, 0u64);
+        let mut more = false;
+        for _ in 0..STEERED_BATCHES {
+            let Ok((first, n)) = self.batch.recv(fd) else {
+                break;
+            };
+            for i in first..first + n {
+                let off = self
+                    .batch
+                    .original_port(i)
+                    .map_or(usize::MAX, |p| usize::from(p.wrapping_sub(base)));
+                let (block, idx) = (off / BLOCK_PORTS as usize, off % BLOCK_PORTS as usize);
+                let session = self.sessions.get_mut(block).and_then(Option::as_mut);
+                let (Some(s), Some(src)) = (session, self.batch.source(i)) else {
+                    dead += 1;
+                    continue;
+                };
+                if !s.active {
+                    dead += 1;
+                    continue;
+                }
+                if !s.latches[idx].admit(src, now_ms) {
+                    stray += 1;
+                    continue;
+                }
+                let len = self.batch.len(i) as u64;
+                let c = &self.shared.counters[block];
+                let (packets, bytes) = if idx < 2 {
+                    (&c.a_packets, &c.a_bytes)
+                } else {
+                    (&c.b_packets, &c.b_bytes)
+                };
+                packets.fetch_add(1, Ordering::Relaxed);
+                bytes.fetch_add(len, Ordering::Relaxed);
+                c.last_rx_ms.store(now_ms, Ordering::Relaxed);
+                // A (0, 1) <-> B (2, 3), RTP to RTP, RTCP to RTCP.
+                let out = idx ^ 2;
+                match s.latches[out].dest() {
+                    Some(d) => {
+                        self.batch.keep(i);
+                        self.batch.queue(s.sockets[out].as_raw_fd(), d);
+                        relayed += 1;
+                        relayed_bytes += len;
+                    }
+                    None => dead += 1,
+                }
+            }
+            more = n == BATCH;
+            if !more {
+                break;
+            }
+        }
+        for (counter, v) in [
+            (&stats.packets, relayed),
+            (&stats.bytes, relayed_bytes),
+            (&stats.dropped_stray, stray),
+            (&stats.dropped_no_session, dead),
+        ] {
+            if v > 0 {
+                counter.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+        more
+    }
+}
+
 /// How a turn's queued packets leave.
 enum Sender {
     /// One io_uring submission for all of them.
@@ -358,6 +485,8 @@ struct Batch {
     data: Vec<u8>,
     iov: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_storage>,
+    /// Control messages: the original destination address on a steered socket.
+    ctrl: Vec<[u64; CTRL_WORDS]>,
     hdrs: Vec<libc::mmsghdr>,
     /// Received length of each buffer.
     lens: [usize; RING],
@@ -388,6 +517,7 @@ impl Batch {
             // SAFETY (all the zeroed() here): plain C structs; all-zero is a valid empty value.
             iov: (0..RING).map(|_| unsafe { zeroed() }).collect(),
             names: (0..RING).map(|_| unsafe { zeroed() }).collect(),
+            ctrl: vec![[0; CTRL_WORDS]; RING],
             hdrs: (0..RING).map(|_| unsafe { zeroed() }).collect(),
             lens: [0; RING],
             next: 0,
@@ -412,6 +542,7 @@ impl Batch {
             h.msg_name = (&mut b.names[i] as *mut libc::sockaddr_storage).cast();
             h.msg_iov = &mut b.iov[i];
             h.msg_iovlen = 1;
+            h.msg_control = b.ctrl[i].as_mut_ptr().cast();
             let h = &mut b.send_hdrs[i].msg_hdr;
             h.msg_name = (&mut b.dests[i] as *mut libc::sockaddr_storage).cast();
             h.msg_iov = &mut b.send_iov[i];
@@ -429,6 +560,7 @@ impl Batch {
         let first = self.next;
         for m in &mut self.hdrs[first..first + BATCH] {
             m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            m.msg_hdr.msg_controllen = CTRL_WORDS * 8;
             m.msg_hdr.msg_flags = 0;
         }
         // SAFETY: headers first..first+BATCH point at live buffers of the advertised sizes.
@@ -459,6 +591,12 @@ impl Batch {
 
     fn len(&self, i: usize) -> usize {
         self.lens[i]
+    }
+
+    /// The port packet `i` was sent to (steered sockets report it).
+    fn original_port(&self, i: usize) -> Option<u16> {
+        // SAFETY: the kernel filled header i's control buffer by the last receive.
+        unsafe { super::steer::original_port(&self.hdrs[i].msg_hdr) }
     }
 
     /// Slot `i` goes out with the next [`Batch::queue`].
