@@ -1018,11 +1018,12 @@ fn silent_media_ends_the_call_with_bye_on_both_legs() {
 #[test]
 fn a_call_without_free_media_ports_gets_503() {
     let gw = Peer::new();
-    // One block of four ports, above the ephemeral range and the other tests' media ports.
-    let base = 61_000 + (std::process::id() % 300) as u16 * 4;
+    // One block of four ports and the media thread's own port, above the ephemeral range and
+    // the other tests' media ports.
+    let base = 61_000 + (std::process::id() % 230) as u16 * 6;
     let s = setup_with(
         &[&gw],
-        &format!("[media]\nport_min = {base}\nport_max = {}\n", base + 3),
+        &format!("[media]\nport_min = {base}\nport_max = {}\n", base + 4),
     );
     let pbx = Peer::on(TRUNK_IP);
     let (_first, _b) = trunk_invite(&s, &pbx, &gw, TRUNK_NUMBER, CALLED);

@@ -233,11 +233,12 @@ fn a_stray_source_is_not_latched(receive: Receive) {
     m.release(block);
 }
 
-/// Every block comes back when its call ends: 10,000 sessions through 64 blocks, and at the end
+/// Every block comes back when its call ends: 10,000 sessions through 63 blocks, and at the end
 /// every block can be taken at once again.
 fn ports_are_freed_when_calls_end(receive: Receive) {
     let m = media(256, receive);
-    assert_eq!(m.capacity(), 64);
+    // The top two ports are the two media threads' own sockets.
+    assert_eq!(m.capacity(), 63);
     let mut taken = Vec::new();
     for i in 0..10_000u64 {
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -263,26 +264,26 @@ fn ports_are_freed_when_calls_end(receive: Receive) {
     }
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut all = Vec::new();
-    while all.len() < 64 && Instant::now() < deadline {
+    while all.len() < 63 && Instant::now() < deadline {
         match m.allocate(all.len() as u64) {
             Some(b) => all.push(b),
             None => std::thread::sleep(Duration::from_millis(5)),
         }
     }
-    assert_eq!(all.len(), 64, "every block back in the pool");
+    assert_eq!(all.len(), 63, "every block back in the pool");
     assert!(m.allocate(0).is_none(), "and no more than that");
     assert_eq!(
         m.stats()
             .sessions_active
             .load(std::sync::atomic::Ordering::Relaxed),
-        64
+        63
     );
 }
 
 /// A block freed by one call is reused by the next with its sockets still bound: it relays for
 /// the new call's endpoints, and the old call's late packets are not relayed to them.
 fn a_reused_block_relays_for_its_new_call_only(receive: Receive) {
-    let m = media(4, receive);
+    let m = media(6, receive);
     assert_eq!(m.capacity(), 1);
     let (old_a, old_b) = (endpoint("127.0.0.3"), endpoint("127.0.0.3"));
     let block = m.allocate(0).expect("the block");

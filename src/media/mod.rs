@@ -124,11 +124,11 @@ pub enum Receive {
     PerPort,
 }
 
-/// One steered socket per thread and the program that steers to them; empty (per-port
-/// receiving) when the kernel refuses, which is logged once.
-fn steer(shared: &Arc<Shared>, threads: usize) -> Vec<relay::SteeredSocket> {
+/// One steered socket per thread, thread `t`'s bound to port `top - t`, and the program that
+/// steers to them; empty (per-port receiving) when the kernel refuses, which is logged once.
+fn steer(shared: &Arc<Shared>, threads: usize, top: u16) -> Vec<relay::SteeredSocket> {
     let sockets: std::io::Result<Vec<socket2::Socket>> = (0..threads)
-        .map(|_| steer::thread_socket(shared.bind, STEERED_RCVBUF))
+        .map(|t| steer::thread_socket(shared.bind, top - t as u16, STEERED_RCVBUF))
         .collect();
     let attached = sockets.and_then(|sockets| {
         let fds: Vec<_> = sockets
@@ -211,8 +211,10 @@ impl Media {
         let bind: IpAddr = cfg.address.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let base = cfg.port_min + (cfg.port_min % 2);
         let span = u32::from(cfg.port_max.saturating_sub(base)) + 1;
-        let blocks = span / u32::from(BLOCK_PORTS);
         let threads = cfg.workers.max(1);
+        // The top `threads` ports are the threads' steered sockets; blocks are cut below them.
+        let blocks = span.saturating_sub(threads as u32) / u32::from(BLOCK_PORTS);
+        let top = base as u32 + span - 1;
         let shared = Arc::new(Shared {
             base,
             blocks,
@@ -229,7 +231,7 @@ impl Media {
         let mut handles = Vec::with_capacity(threads);
         let mut parked = Vec::with_capacity(threads);
         let mut steered = match receive {
-            Receive::Steered => steer(&shared, threads),
+            Receive::Steered => steer(&shared, threads, top as u16),
             Receive::PerPort => Vec::new(),
         }
         .into_iter();
@@ -250,6 +252,7 @@ impl Media {
                 crx,
                 flag.clone(),
                 t as u32,
+                threads as u32,
                 steered.next(),
             )?;
             handles.push(

@@ -81,6 +81,9 @@ struct Session {
     /// False while the block is free (its sockets stay bound for its next call): what arrives
     /// is drained and dropped.
     active: bool,
+    /// The io_uring fixed-file slot of socket 0 (1–3 follow), where registered: a send then
+    /// skips the descriptor lookup.
+    fixed: Option<u32>,
 }
 
 /// A thread's steered socket and the steering that feeds it.
@@ -100,8 +103,9 @@ impl SteeredSocket {
 
 pub struct Relay {
     poll: Poll,
-    /// This thread's index among the media threads.
+    /// This thread's index among the media threads, and how many there are.
     thread: u32,
+    threads: u32,
     steered: Option<SteeredSocket>,
     /// The steered socket was left with packets queued: read it again without waiting.
     backlog: bool,
@@ -128,9 +132,13 @@ impl Relay {
         commands: Receiver<Command>,
         parked: Arc<AtomicBool>,
         thread: u32,
+        threads: u32,
         mut steered: Option<SteeredSocket>,
     ) -> io::Result<Relay> {
         let blocks = shared.blocks as usize;
+        let mut batch = Batch::new(true);
+        // Room for the sockets of every block this thread owns (block / threads, four each).
+        batch.use_fixed_files(shared.blocks.div_ceil(threads) * u32::from(BLOCK_PORTS));
         if let Some(s) = &mut steered {
             poll.registry()
                 .register(&mut s.socket, STEERED, Interest::READABLE)?;
@@ -138,12 +146,13 @@ impl Relay {
         Ok(Relay {
             poll,
             thread,
+            threads,
             steered,
             backlog: false,
             shared,
             commands,
             sessions: (0..blocks).map(|_| None).collect(),
-            batch: Batch::new(true),
+            batch,
             parked,
             active: 0,
         })
@@ -274,10 +283,17 @@ impl Relay {
                 return;
             }
         };
+        let slot = block / self.threads * u32::from(BLOCK_PORTS);
+        let fixed = sockets
+            .iter()
+            .enumerate()
+            .all(|(i, sock)| self.batch.fix(slot + i as u32, sock.as_raw_fd()))
+            .then_some(slot);
         let mut s = Session {
             sockets,
             latches: [Latch::default(); 4],
             active: true,
+            fixed,
         };
         // Steered, the block's sockets only send; should the map refuse the block, its own
         // sockets are polled instead.
@@ -363,7 +379,11 @@ impl Relay {
                     Some(d) => {
                         stats.packets.fetch_add(keep as u64, Ordering::Relaxed);
                         stats.bytes.fetch_add(kept_bytes, Ordering::Relaxed);
-                        self.batch.queue(s.sockets[out].as_raw_fd(), d);
+                        self.batch.queue(
+                            s.sockets[out].as_raw_fd(),
+                            s.fixed.map(|f| f + out as u32),
+                            d,
+                        );
                     }
                     None => {
                         self.batch.unkeep();
@@ -430,7 +450,11 @@ impl Relay {
                 match s.latches[out].dest() {
                     Some(d) => {
                         self.batch.keep(i);
-                        self.batch.queue(s.sockets[out].as_raw_fd(), d);
+                        self.batch.queue(
+                            s.sockets[out].as_raw_fd(),
+                            s.fixed.map(|f| f + out as u32),
+                            d,
+                        );
                         relayed += 1;
                         relayed_bytes += len;
                     }
@@ -504,6 +528,8 @@ struct Batch {
     /// (socket, first queued packet, count) per [`Batch::queue`] call; capacity [`RING`].
     groups: Vec<(i32, usize, usize)>,
     sender: Sender,
+    /// Slots in the io_uring's fixed-file table (0: none registered).
+    fixed_slots: u32,
 }
 
 // SAFETY: the raw pointers point into the Batch's own heap buffers, which never move (no vector
@@ -530,6 +556,7 @@ impl Batch {
             queued: 0,
             groups: Vec::with_capacity(RING),
             sender: Sender::new(try_uring),
+            fixed_slots: 0,
         };
         let base = b.data.as_mut_ptr();
         for i in 0..RING {
@@ -610,8 +637,30 @@ impl Batch {
         self.kept = self.grouped;
     }
 
-    /// The slots kept since the last call go to `dest` through `fd` at the next flush.
-    fn queue(&mut self, fd: i32, dest: SocketAddr) {
+    /// A sparse fixed-file table of `slots` entries for the sockets sends leave from (io_uring
+    /// only; without one, or if the kernel refuses, sends name plain descriptors).
+    fn use_fixed_files(&mut self, slots: u32) {
+        if let Sender::Uring(ring) = &self.sender {
+            match ring.submitter().register_files_sparse(slots) {
+                Ok(()) => self.fixed_slots = slots,
+                Err(e) => tracing::debug!("io_uring fixed files unavailable: {e}"),
+            }
+        }
+    }
+
+    /// Registers `fd` at fixed-file `slot`: true if sends may name the slot.
+    fn fix(&mut self, slot: u32, fd: i32) -> bool {
+        match &self.sender {
+            Sender::Uring(ring) if slot < self.fixed_slots => {
+                ring.submitter().register_files_update(slot, &[fd]).is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    /// The slots kept since the last call go to `dest` through `fd` (registered at fixed-file
+    /// slot `fixed`, if given) at the next flush.
+    fn queue(&mut self, fd: i32, fixed: Option<u32>, dest: SocketAddr) {
         let d = SockAddr::from(dest);
         let first = self.queued;
         for k in self.grouped..self.kept {
@@ -631,10 +680,11 @@ impl Batch {
             };
             self.send_hdrs[q].msg_hdr.msg_namelen = d.len();
             if let Sender::Uring(ring) = &mut self.sender {
-                let sqe = io_uring::opcode::SendMsg::new(
-                    io_uring::types::Fd(fd),
-                    &self.send_hdrs[q].msg_hdr,
-                )
+                let hdr = &self.send_hdrs[q].msg_hdr as *const libc::msghdr;
+                let sqe = match fixed {
+                    Some(slot) => io_uring::opcode::SendMsg::new(io_uring::types::Fixed(slot), hdr),
+                    None => io_uring::opcode::SendMsg::new(io_uring::types::Fd(fd), hdr),
+                }
                 .flags(libc::MSG_DONTWAIT as u32)
                 .build();
                 // SAFETY: the header, its iovec, name and buffer stay untouched until the flush
@@ -740,7 +790,8 @@ mod tests {
     }
 
     /// Packets from two sockets, queued in one turn, reach the sink from the right socket with
-    /// their bytes intact: through io_uring when the kernel offers it, and through sendmmsg.
+    /// their bytes intact: through io_uring when the kernel offers it (one socket named by a
+    /// plain descriptor, the other by a fixed-file slot), and through sendmmsg.
     #[test]
     fn a_turns_packets_leave_from_their_sockets_by_either_sender() {
         use std::net::UdpSocket as Std;
@@ -768,6 +819,10 @@ mod tests {
                 }
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
+            b.use_fixed_files(2);
+            let fixed = b.fix(1, outs[1].as_raw_fd()).then_some(1);
+            let uring = matches!(b.sender, Sender::Uring(_));
+            assert_eq!(fixed.is_some(), uring, "fixed files with io_uring only");
             for (k, sock) in ins.iter().enumerate() {
                 let (first, n) = b.recv(sock.as_raw_fd()).unwrap();
                 assert_eq!(n, 3);
@@ -775,7 +830,8 @@ mod tests {
                     assert_eq!(b.source(i), Some(peer.local_addr().unwrap()));
                     b.keep(i);
                 }
-                b.queue(outs[k].as_raw_fd(), sink.local_addr().unwrap());
+                let slot = if k == 1 { fixed } else { None };
+                b.queue(outs[k].as_raw_fd(), slot, sink.local_addr().unwrap());
             }
             b.flush();
             let mut got = Vec::new();

@@ -92,9 +92,10 @@ impl Steering {
     }
 }
 
-/// A UDP socket for `bind` that reports each datagram's original destination address, with a
-/// receive buffer for the packets of many calls (`rcvbuf` bytes where the kernel allows).
-pub fn thread_socket(bind: IpAddr, rcvbuf: usize) -> io::Result<socket2::Socket> {
+/// A UDP socket on `bind`:`port` that reports each datagram's original destination address,
+/// with a receive buffer for the packets of many calls (`rcvbuf` bytes where the kernel allows).
+/// The kernel delivers to it only sockets that are bound, hence a port of the media range.
+pub fn thread_socket(bind: IpAddr, port: u16, rcvbuf: usize) -> io::Result<socket2::Socket> {
     let s = socket2::Socket::new(
         socket2::Domain::for_address(std::net::SocketAddr::new(bind, 0)),
         socket2::Type::DGRAM,
@@ -142,7 +143,7 @@ pub fn thread_socket(bind: IpAddr, rcvbuf: usize) -> io::Result<socket2::Socket>
     if !forced {
         let _ = s.set_recv_buffer_size(rcvbuf);
     }
-    s.bind(&std::net::SocketAddr::new(bind, 0).into())?;
+    s.bind(&std::net::SocketAddr::new(bind, port).into())?;
     Ok(s)
 }
 
@@ -538,7 +539,7 @@ mod tests {
         // A zone of its own: 64990-64999, above the ephemeral range and every other test's.
         let base = 64_990;
         let bind: IpAddr = "127.0.0.1".parse().unwrap();
-        let sock = thread_socket(bind, 1 << 20).unwrap();
+        let sock = thread_socket(bind, base + 9, 1 << 20).unwrap();
         let steering = match Steering::attach(base, 2, 4, bind, &[sock.as_raw_fd()]) {
             Ok(s) => s,
             Err(SteerError::Sys { source, .. }) if source.raw_os_error() == Some(libc::EPERM) => {
