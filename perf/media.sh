@@ -1,5 +1,6 @@
 #!/bin/bash
-# RTP relay benchmark: the reference raw recvmmsg/sendmmsg forwarder, rtpengine (userspace,
+# RTP relay benchmark: the reference raw recvmmsg/sendmmsg forwarder, the same forwarder
+# delivering each stream to its own sink socket (perf/raw/udp_fwd_streams.c), rtpengine (userspace,
 # sessions via ng) and sipedge's media relay (perf/mediabench: the `media` module `sipedge run`
 # uses, sessions set up directly), measured in one run on this machine with the kit's blaster,
 # sink and per-step CPU accounting (`rtp_bench.py`). 172-byte RTP, A -> relay -> B.
@@ -9,7 +10,7 @@
 #
 # usage: perf/media.sh
 # environment (defaults):
-#   SYSTEMS="raw rtpengine sipedge"  which relays to measure, in this order
+#   SYSTEMS="raw raw-streams rtpengine sipedge"  which relays to measure, in this order
 #   SESSIONS=4000                    streams for rtpengine and sipedge (raw: 1 socket, 1 stream)
 #   RATES="50000 100000 150000 200000 0"   offered pps per step (0 = blaster flat out)
 #   STEP_S=8                         seconds per step
@@ -20,7 +21,7 @@
 set -u
 PERF=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$PERF")
-SYSTEMS=${SYSTEMS:-"raw rtpengine sipedge"}
+SYSTEMS=${SYSTEMS:-"raw raw-streams rtpengine sipedge"}
 SESSIONS=${SESSIONS:-4000}
 RATES=${RATES:-"50000 100000 150000 200000 0"}
 STEP_S=${STEP_S:-8}
@@ -81,6 +82,14 @@ steps() { # label streams ports
 
 for sys in $SYSTEMS; do
   case $sys in
+    raw-streams)
+      # Every stream to the forwarder's one port; it sends each to the stream's own sink port.
+      log "raw forwarder (1 socket, batch 32) to $SESSIONS sink sockets"
+      gcc -O2 -o "$WORK/udp_fwd_streams" "$PERF/raw/udp_fwd_streams.c" || { echo "error: gcc failed"; exit 1; }
+      "$WORK/udp_fwd_streams" 40000 50000 "$SESSIONS" 900 900 >"$WORK/raw-streams.log" 2>&1 &
+      PID=$!; sleep 0.5
+      steps raw-fwd-streams "$SESSIONS" "$(python3 -c "print(','.join(['40000'] * $SESSIONS))")"
+      ;;
     raw)
       log "raw forwarder (1 socket, batch 32)"
       "$REF/bin/udp_fwd" 40000 50000 900 900 >"$WORK/raw.log" 2>&1 &

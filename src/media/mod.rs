@@ -14,6 +14,7 @@
 //! `close`). The media thread binds the sockets when it gets `open`; RTP only flows after the
 //! answer, long after.
 
+mod raw;
 mod relay;
 pub mod sdp;
 mod steer;

@@ -11,6 +11,7 @@
 //! A packet's port (its original destination on the steered socket, the token of a port's own
 //! socket) minus the range's base is its block and leg: the session is an index away.
 
+use super::raw::RawSender;
 use super::steer::Steering;
 use super::{Command, Leg, Shared, BLOCK_PORTS, LATCH_WINDOW_MS};
 use crossbeam_channel::Receiver;
@@ -142,6 +143,14 @@ impl Relay {
         if let Some(s) = &mut steered {
             poll.registry()
                 .register(&mut s.socket, STEERED, Interest::READABLE)?;
+            // With ports steered, sends leave through one raw socket as well (IPv4).
+            match shared.bind {
+                std::net::IpAddr::V4(v4) => batch.use_raw_sender(v4),
+                std::net::IpAddr::V6(v6) if v6.is_unspecified() => {
+                    batch.use_raw_sender(std::net::Ipv4Addr::UNSPECIFIED)
+                }
+                std::net::IpAddr::V6(_) => {}
+            }
         }
         Ok(Relay {
             poll,
@@ -382,6 +391,7 @@ impl Relay {
                         self.batch.queue(
                             s.sockets[out].as_raw_fd(),
                             s.fixed.map(|f| f + out as u32),
+                            self.shared.base + (block * BLOCK_PORTS as usize + out) as u16,
                             d,
                         );
                     }
@@ -453,6 +463,7 @@ impl Relay {
                         self.batch.queue(
                             s.sockets[out].as_raw_fd(),
                             s.fixed.map(|f| f + out as u32),
+                            base + (block * BLOCK_PORTS as usize + out) as u16,
                             d,
                         );
                         relayed += 1;
@@ -530,6 +541,8 @@ struct Batch {
     sender: Sender,
     /// Slots in the io_uring's fixed-file table (0: none registered).
     fixed_slots: u32,
+    /// IPv4 packets leave here, all through one socket, when set.
+    raw: Option<RawSender>,
 }
 
 // SAFETY: the raw pointers point into the Batch's own heap buffers, which never move (no vector
@@ -557,6 +570,7 @@ impl Batch {
             groups: Vec::with_capacity(RING),
             sender: Sender::new(try_uring),
             fixed_slots: 0,
+            raw: None,
         };
         let base = b.data.as_mut_ptr();
         for i in 0..RING {
@@ -658,9 +672,31 @@ impl Batch {
         }
     }
 
-    /// The slots kept since the last call go to `dest` through `fd` (registered at fixed-file
-    /// slot `fixed`, if given) at the next flush.
-    fn queue(&mut self, fd: i32, fixed: Option<u32>, dest: SocketAddr) {
+    /// IPv4 packets leave through one raw socket from `src`, where the kernel allows it.
+    fn use_raw_sender(&mut self, src: std::net::Ipv4Addr) {
+        match RawSender::open(src, RING) {
+            Ok(r) => self.raw = Some(r),
+            Err(e) => tracing::warn!(
+                "raw media sends unavailable ({e}): each packet leaves through its port's socket"
+            ),
+        }
+    }
+
+    /// The slots kept since the last call go to `dest` from port `port` at the next flush:
+    /// through the raw sender for IPv4 where there is one, else through `fd` (registered at
+    /// fixed-file slot `fixed`, if given).
+    fn queue(&mut self, fd: i32, fixed: Option<u32>, port: u16, dest: SocketAddr) {
+        if let (Some(raw), SocketAddr::V4(d4)) = (&mut self.raw, dest) {
+            for k in self.grouped..self.kept {
+                let i = self.order[k];
+                // SAFETY: slot i's buffer is not received into again before the flush that
+                // sends it (the ring flushes before it wraps). The raw sender holds RING
+                // packets and at most RING are kept, so it is never full here.
+                unsafe { raw.queue(port, d4, self.iov[i].iov_base.cast(), self.lens[i]) };
+            }
+            self.grouped = self.kept;
+            return;
+        }
         let d = SockAddr::from(dest);
         let first = self.queued;
         for k in self.grouped..self.kept {
@@ -703,6 +739,9 @@ impl Batch {
     /// Sends everything queued and empties the ring. What the kernel refuses is lost (RTP
     /// tolerates loss better than delay).
     fn flush(&mut self) {
+        if let Some(raw) = &mut self.raw {
+            raw.flush();
+        }
         if self.queued > 0 {
             match &mut self.sender {
                 Sender::Uring(ring) => {
@@ -729,7 +768,7 @@ impl Batch {
 }
 
 /// `sendmmsg` until every header went out (skipping one the kernel refuses).
-fn send_all(fd: i32, hdrs: &mut [libc::mmsghdr]) {
+pub(super) fn send_all(fd: i32, hdrs: &mut [libc::mmsghdr]) {
     let mut sent = 0;
     while sent < hdrs.len() {
         // SAFETY: headers sent.. point at live buffers and destinations.
@@ -831,7 +870,8 @@ mod tests {
                     b.keep(i);
                 }
                 let slot = if k == 1 { fixed } else { None };
-                b.queue(outs[k].as_raw_fd(), slot, sink.local_addr().unwrap());
+                let port = outs[k].local_addr().unwrap().port();
+                b.queue(outs[k].as_raw_fd(), slot, port, sink.local_addr().unwrap());
             }
             b.flush();
             let mut got = Vec::new();
