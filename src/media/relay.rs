@@ -1,13 +1,15 @@
 //! One media thread: the sockets of the blocks it owns, and the packet path between them.
 //!
-//! Packets arrive on the thread's steered socket (every port of its blocks, `steer`), or where
-//! steering is unavailable on each port's own socket. Either is drained with `recvmmsg` into a
+//! Packets arrive on the thread's steered socket (every port of its blocks, `steer`), or, where
+//! steering is unavailable, on each port's own socket. Either is drained with `recvmmsg` into a
 //! ring of buffers; each packet is checked against its leg's latch and counted, and what passes
-//! is queued for the paired socket of the other leg. At the end of the loop turn the queue leaves from the same buffers (no copy, no
-//! allocation): as io_uring SENDMSG entries in one submission for every socket of the turn, or,
-//! where io_uring is unavailable (an old kernel, a seccomp profile, `io_uring_disabled`), one
-//! `sendmmsg` per socket. With a socket per port a packet rarely shares a syscall with another
-//! on the same socket, so batching across sockets is what saves syscalls (perf/RESULTS.md).
+//! is queued for the other leg's port. At the end of the loop turn the queue leaves from the
+//! same buffers (no copy, no allocation): steered, IPv4 packets leave through one raw socket in
+//! one `sendmmsg` (`raw`); otherwise each packet leaves through its port's socket, as io_uring
+//! SENDMSG entries in one submission for the whole turn or, where io_uring is unavailable (an
+//! old kernel, a seccomp profile, `io_uring_disabled`), one `sendmmsg` per socket. With a socket
+//! per port a packet rarely shares a syscall with another on the same socket, so batching
+//! across sockets is what saves syscalls (perf/RESULTS.md).
 //! A packet's port (its original destination on the steered socket, the token of a port's own
 //! socket) minus the range's base is its block and leg: the session is an index away.
 
@@ -304,8 +306,8 @@ impl Relay {
             active: true,
             fixed,
         };
-        // Steered, the block's sockets only send; should the map refuse the block, its own
-        // sockets are polled instead.
+        // Steered, the block's sockets hold its ports and send what the raw sender does not
+        // (IPv6); should the map refuse the block, they are polled as well.
         let owned = self.steered.as_ref().is_some_and(|st| {
             st.steering
                 .own(block, self.thread)
