@@ -319,3 +319,40 @@ fn a_reused_block_relays_for_its_new_call_only(receive: Receive) {
     }
     m.release(again);
 }
+
+/// Steered with raw sends, a call's ports belong to the range, not to sockets: another socket
+/// bound on one of them (which the per-port mode's own socket would have refused) does not get
+/// the call's packets, and the call's media still flows.
+#[test]
+fn a_steered_call_keeps_its_packets_from_a_socket_bound_on_its_port() {
+    let m = media(16, Receive::Steered);
+    if !m.steered() {
+        eprintln!("skipped: steering unavailable here");
+        return;
+    }
+    let (caller, callee) = (endpoint("127.0.0.1"), endpoint("127.0.0.1"));
+    let block = m.allocate(0).expect("a block");
+    let (pa, pb) = (m.port(block, Leg::A), m.port(block, Leg::B));
+    let t = now_ms();
+    m.set_remote(block, Leg::A, Some(caller.local_addr().unwrap()), t);
+    m.set_remote(block, Leg::B, Some(callee.local_addr().unwrap()), t);
+    send_until_heard(&caller, pa, &callee, 1);
+    // Where the block has no sockets of its own (an IPv4 media address, raw sends allowed),
+    // the port is free to bind; elsewhere the block's socket holds it.
+    let Ok(squatter) = UdpSocket::bind(("127.0.0.1", pa)) else {
+        eprintln!("skipped: the block's own socket holds its port here");
+        return;
+    };
+    squatter
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    caller.send_to(&rtp(2), ("127.0.0.1", pa)).unwrap();
+    assert_eq!(recv(&callee).map(|p| p.0), Some(rtp(2)), "still relayed");
+    assert!(
+        recv(&squatter).is_none(),
+        "the squatter got the call's packet"
+    );
+    callee.send_to(&rtp(3), ("127.0.0.1", pb)).unwrap();
+    assert_eq!(recv(&caller).map(|p| p.0), Some(rtp(3)));
+    m.release(block);
+}

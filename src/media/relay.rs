@@ -79,7 +79,8 @@ impl Latch {
 
 /// One block's sockets and latches: index 0/1 = leg A RTP/RTCP, 2/3 = leg B RTP/RTCP.
 struct Session {
-    sockets: [UdpSocket; 4],
+    /// None when the block needs none: steered in, sent raw (see [`Relay::open`]).
+    sockets: Option<[UdpSocket; 4]>,
     latches: [Latch; 4],
     /// False while the block is free (its sockets stay bound for its next call): what arrives
     /// is drained and dropped.
@@ -274,6 +275,27 @@ impl Relay {
             s.latches = [Latch::default(); 4];
             return;
         }
+        // Steered in and every send raw (an IPv4 media address): the block needs no sockets of
+        // its own, owning it in the steering map is all. Its ports are the range's, sipedge's:
+        // nobody else's socket on one of them gets its packets while the block is owned.
+        let portless = self.batch.raw.is_some() && self.shared.bind.is_ipv4();
+        if let Some(st) = self.steered.as_ref().filter(|_| portless) {
+            match st.steering.own(block, self.thread) {
+                Ok(()) => {
+                    self.insert(
+                        block,
+                        Session {
+                            sockets: None,
+                            latches: [Latch::default(); 4],
+                            active: true,
+                            fixed: None,
+                        },
+                    );
+                    return;
+                }
+                Err(e) => tracing::warn!(block, "media steering refused a block: {e}"),
+            }
+        }
         let first = self.shared.base + (block * u32::from(BLOCK_PORTS)) as u16;
         let bind = |i: u16| -> io::Result<UdpSocket> {
             let s = socket2::Socket::new(
@@ -300,22 +322,18 @@ impl Relay {
             .enumerate()
             .all(|(i, sock)| self.batch.fix(slot + i as u32, sock.as_raw_fd()))
             .then_some(slot);
-        let mut s = Session {
-            sockets,
-            latches: [Latch::default(); 4],
-            active: true,
-            fixed,
-        };
+        let mut sockets = sockets;
         // Steered, the block's sockets hold its ports and send what the raw sender does not
         // (IPv6); should the map refuse the block, they are polled as well.
-        let owned = self.steered.as_ref().is_some_and(|st| {
-            st.steering
-                .own(block, self.thread)
-                .map_err(|e| tracing::warn!(block, "media steering refused a block: {e}"))
-                .is_ok()
-        });
+        let owned = !portless
+            && self.steered.as_ref().is_some_and(|st| {
+                st.steering
+                    .own(block, self.thread)
+                    .map_err(|e| tracing::warn!(block, "media steering refused a block: {e}"))
+                    .is_ok()
+            });
         let token = block as usize * BLOCK_PORTS as usize;
-        for (i, sock) in s.sockets.iter_mut().enumerate().filter(|_| !owned) {
+        for (i, sock) in sockets.iter_mut().enumerate().filter(|_| !owned) {
             if let Err(e) =
                 self.poll
                     .registry()
@@ -324,6 +342,18 @@ impl Relay {
                 tracing::warn!(block, "media socket registration failed: {e}");
             }
         }
+        self.insert(
+            block,
+            Session {
+                sockets: Some(sockets),
+                latches: [Latch::default(); 4],
+                active: true,
+                fixed,
+            },
+        );
+    }
+
+    fn insert(&mut self, block: u32, s: Session) {
         if let Some(slot) = self.sessions.get_mut(block as usize) {
             *slot = Some(s);
             self.active += 1;
@@ -333,6 +363,9 @@ impl Relay {
     /// Drains socket `idx` of `block`, relaying what its latch admits to the other leg.
     fn relay(&mut self, block: usize, idx: usize, now_ms: u64) {
         let Some(Some(s)) = self.sessions.get_mut(block) else {
+            return;
+        };
+        let Some(sockets) = &s.sockets else {
             return;
         };
         // A (0, 1) <-> B (2, 3), RTP to RTP, RTCP to RTCP.
@@ -347,7 +380,7 @@ impl Relay {
         if !s.active {
             // A free block: late packets of its last call, or a scan. Drained, counted.
             for _ in 0..MAX_BATCHES {
-                match self.batch.recv(s.sockets[idx].as_raw_fd()) {
+                match self.batch.recv(sockets[idx].as_raw_fd()) {
                     Ok((_, n)) => {
                         stats
                             .dropped_no_session
@@ -362,7 +395,7 @@ impl Relay {
             return;
         }
         for _ in 0..MAX_BATCHES {
-            let (first, n) = match self.batch.recv(s.sockets[idx].as_raw_fd()) {
+            let (first, n) = match self.batch.recv(sockets[idx].as_raw_fd()) {
                 Ok(r) => r,
                 Err(_) => return,
             };
@@ -391,7 +424,7 @@ impl Relay {
                         stats.packets.fetch_add(keep as u64, Ordering::Relaxed);
                         stats.bytes.fetch_add(kept_bytes, Ordering::Relaxed);
                         self.batch.queue(
-                            s.sockets[out].as_raw_fd(),
+                            sockets[out].as_raw_fd(),
                             s.fixed.map(|f| f + out as u32),
                             self.shared.base + (block * BLOCK_PORTS as usize + out) as u16,
                             d,
@@ -459,11 +492,16 @@ impl Relay {
                 c.last_rx_ms.store(now_ms, Ordering::Relaxed);
                 // A (0, 1) <-> B (2, 3), RTP to RTP, RTCP to RTCP.
                 let out = idx ^ 2;
-                match s.latches[out].dest() {
+                // Without sockets of its own a block sends raw, IPv4 only.
+                match s.latches[out]
+                    .dest()
+                    .filter(|d| s.sockets.is_some() || d.is_ipv4())
+                {
                     Some(d) => {
+                        let fd = s.sockets.as_ref().map_or(-1, |k| k[out].as_raw_fd());
                         self.batch.keep(i);
                         self.batch.queue(
-                            s.sockets[out].as_raw_fd(),
+                            fd,
                             s.fixed.map(|f| f + out as u32),
                             base + (block * BLOCK_PORTS as usize + out) as u16,
                             d,
