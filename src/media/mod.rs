@@ -11,8 +11,8 @@
 //!
 //! Signalling talks to media only through [`Media`]: `allocate` (a pop from the owning thread's
 //! free list, no syscall on the worker), then commands over a bounded channel (`open`, `remote`,
-//! `close`). The media thread binds the sockets when it gets `open`; RTP only flows after the
-//! answer, long after.
+//! `close`). The media thread takes the block's ports when it gets `open` (steers them to its
+//! socket, or binds the block's sockets); RTP only flows after the answer, long after.
 
 mod raw;
 mod relay;
@@ -40,7 +40,7 @@ pub const LATCH_WINDOW_MS: u64 = 2_000;
 /// What a media thread is told.
 #[derive(Debug)]
 pub enum Command {
-    /// Bind the block's sockets and start relaying.
+    /// Take the block's ports and start relaying.
     Open {
         block: u32,
     },
@@ -169,11 +169,11 @@ const STEERED_RCVBUF: usize = 16 << 20;
 #[derive(Clone)]
 pub struct Media {
     shared: Arc<Shared>,
-    /// Per media thread: blocks freed by ended calls, their sockets still bound (reusing one
+    /// Per media thread: blocks freed by ended calls, their ports still taken (reusing one
     /// costs no syscall), taken first, ...
     warm: Vec<(Sender<u32>, Receiver<u32>)>,
-    /// ... then blocks never used yet (the thread binds their sockets at `Open`). So sipedge
-    /// holds sockets for its peak of concurrent calls, never more.
+    /// ... then blocks never used yet (the thread takes their ports at `Open`). So sipedge
+    /// holds ports for its peak of concurrent calls, never more.
     free: Vec<(Sender<u32>, Receiver<u32>)>,
     commands: Vec<Sender<Command>>,
     wakers: Vec<Arc<mio::Waker>>,

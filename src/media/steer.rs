@@ -9,9 +9,10 @@
 //! packet's original destination port (`IP_RECVORIGDSTADDR`) names the block.
 //!
 //! Only ports of opened blocks are steered (an array map, block -> thread + 1, written when a
-//! block's sockets are first bound); anything else in the range is left to the kernel, so another
-//! process's socket keeps its packets. Sends still leave from the block's own sockets: the far
-//! end sees the port it was given in SDP.
+//! block is first opened); anything else in the range is left to the kernel, so another
+//! process's socket keeps its packets. Sends leave with the block's port as their source (the
+//! far end sees the port it was given in SDP): through the raw sender, or the block's own
+//! sockets where it has them.
 //!
 //! Attaching needs CAP_BPF and CAP_NET_ADMIN (root, or the capabilities granted). Where it fails
 //! the relay polls one socket per port, as before; `SIPEDGE_MEDIA_STEER=0` asks for that.
