@@ -494,7 +494,9 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
         while let [rest @ .., b' ' | b'\t'] = raw_name {
             raw_name = rest;
         }
-        if !is_token(raw_name) {
+        // A name HeaderName knows is a token already; only the others need the check.
+        let name = HeaderName::parse(raw_name);
+        if name == HeaderName::Other && !is_token(raw_name) {
             return Err(ScanError::HeaderLine);
         }
         //= https://www.rfc-editor.org/rfc/rfc3261#section-7.3.1
@@ -515,7 +517,6 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
         if headers.len() >= MAX_HEADERS {
             return Err(ScanError::TooManyHeaders);
         }
-        let name = HeaderName::parse(raw_name);
         if name == HeaderName::ContentLength {
             let n = parse_content_length(value)?;
             if content_length.is_none() {

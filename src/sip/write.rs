@@ -135,10 +135,37 @@ fn sent_by_host(sent_by_part: &[u8]) -> &[u8] {
 }
 
 fn host_is_ip(host: &[u8], ip: IpAddr) -> bool {
-    std::str::from_utf8(host)
-        .ok()
-        .and_then(|h| h.parse::<IpAddr>().ok())
-        == Some(ip)
+    match ip {
+        // The common case, read without UTF-8 checks or the std parser (a REGISTER's cost).
+        IpAddr::V4(v4) => dotted_quad(host) == Some(v4.octets()),
+        IpAddr::V6(_) => {
+            std::str::from_utf8(host)
+                .ok()
+                .and_then(|h| h.parse::<IpAddr>().ok())
+                == Some(ip)
+        }
+    }
+}
+
+/// `a.b.c.d` with decimal octets and no leading zeros, as `Ipv4Addr`'s parser accepts them.
+fn dotted_quad(s: &[u8]) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = s.split(|&b| b == b'.');
+    for o in &mut out {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || (p.len() > 1 && p[0] == b'0') {
+            return None;
+        }
+        let mut v = 0u32;
+        for &d in p {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + u32::from(d - b'0');
+        }
+        *o = u8::try_from(v).ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 pub fn trim(mut s: &[u8]) -> &[u8] {
@@ -284,6 +311,38 @@ pub fn push_hex_u64(out: &mut Vec<u8>, v: u64) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dotted_quads_read_as_the_std_parser_reads_them() {
+        for s in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.0",
+            "10.0.0.1.2",
+            "256.1.1.1",
+            "01.1.1.1",
+            "1..1.1",
+            "1.1.1.",
+            "a.b.c.d",
+            "1.1.1.1a",
+            "",
+            "1.2.3.4:5060",
+            "::1",
+            "000.1.1.1",
+            "99.999.1.1",
+            "1.2.3.04",
+        ] {
+            let std = s.parse::<std::net::Ipv4Addr>().ok().map(|a| a.octets());
+            assert_eq!(dotted_quad(s.as_bytes()), std, "{s:?}");
+        }
+        let src: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(host_is_ip(b"192.0.2.7", src));
+        assert!(!host_is_ip(b"192.0.2.70", src));
+        assert!(!host_is_ip(b"pbx.example.com", src));
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert!(host_is_ip(b"2001:DB8::1", v6));
+    }
+
     use super::*;
 
     #[test]
