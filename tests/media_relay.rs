@@ -4,7 +4,7 @@
 //!
 //! Each test runs twice: with the ports steered to one socket per media thread (where the
 //! process may attach the BPF program, as root in CI) and with a socket polled per port.
-//! Each run takes its own port range (16 or 256 ports) in a zone no other test uses, so tests
+//! Each run takes its own port range (at most 128 ports) in a zone no other test uses, so tests
 //! run in parallel.
 
 use sipedge::config::MediaConfig;
@@ -19,15 +19,20 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// Media threads over `ports` ports (at most 256) in 62400–65471: above the kernel's ephemeral
+/// Media threads over `ports` ports (at most 128) in 62400–65471: above the kernel's ephemeral
 /// range and the other tests' media ports; tests of this process take distinct slots.
 fn media(ports: u16, receive: Receive) -> Media {
+    media_on("127.0.0.1", ports, receive)
+}
+
+/// [`media`] with the media threads on `address`.
+fn media_on(address: &str, ports: u16, receive: Receive) -> Media {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let slot = (std::process::id().wrapping_mul(7) + n) % 12;
-    let base = 62_400 + slot as u16 * 256;
+    let slot = (std::process::id().wrapping_mul(7) + n) % 24;
+    let base = 62_400 + slot as u16 * 128;
     let cfg = MediaConfig {
-        address: "127.0.0.1".into(),
+        address: address.into(),
         advertise: String::new(),
         port_min: base,
         port_max: base + ports - 1,
@@ -70,6 +75,7 @@ macro_rules! both {
 
 both!(
     rtp_is_relayed_both_ways_and_counted,
+    a_wildcard_media_address_relays_both_ways,
     an_endpoint_sending_from_another_port_than_its_sdp_still_gets_audio,
     a_stray_source_is_not_latched,
     ports_are_freed_when_calls_end,
@@ -233,12 +239,12 @@ fn a_stray_source_is_not_latched(receive: Receive) {
     m.release(block);
 }
 
-/// Every block comes back when its call ends: 10,000 sessions through 63 blocks, and at the end
+/// Every block comes back when its call ends: 10,000 sessions through 31 blocks, and at the end
 /// every block can be taken at once again.
 fn ports_are_freed_when_calls_end(receive: Receive) {
-    let m = media(256, receive);
+    let m = media(128, receive);
     // The top two ports are the two media threads' own sockets.
-    assert_eq!(m.capacity(), 63);
+    assert_eq!(m.capacity(), 31);
     let mut taken = Vec::new();
     for i in 0..10_000u64 {
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -253,7 +259,7 @@ fn ports_are_freed_when_calls_end(receive: Receive) {
             std::thread::yield_now();
         };
         taken.push(b);
-        if taken.len() == 32 {
+        if taken.len() == 16 {
             for b in taken.drain(..) {
                 m.release(b);
             }
@@ -264,19 +270,19 @@ fn ports_are_freed_when_calls_end(receive: Receive) {
     }
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut all = Vec::new();
-    while all.len() < 63 && Instant::now() < deadline {
+    while all.len() < 31 && Instant::now() < deadline {
         match m.allocate(all.len() as u64) {
             Some(b) => all.push(b),
             None => std::thread::sleep(Duration::from_millis(5)),
         }
     }
-    assert_eq!(all.len(), 63, "every block back in the pool");
+    assert_eq!(all.len(), 31, "every block back in the pool");
     assert!(m.allocate(0).is_none(), "and no more than that");
     assert_eq!(
         m.stats()
             .sessions_active
             .load(std::sync::atomic::Ordering::Relaxed),
-        63
+        31
     );
 }
 
@@ -354,5 +360,26 @@ fn a_steered_call_keeps_its_packets_from_a_socket_bound_on_its_port() {
     );
     callee.send_to(&rtp(3), ("127.0.0.1", pb)).unwrap();
     assert_eq!(recv(&caller).map(|p| p.0), Some(rtp(3)));
+    m.release(block);
+}
+
+/// The default `media.address` is 0.0.0.0: every local address's ports are the call's (the
+/// steering program checks no address, raw sends leave the source to the kernel's route and the
+/// UDP checksum at 0), and packets still arrive byte for byte from the call's ports.
+fn a_wildcard_media_address_relays_both_ways(receive: Receive) {
+    let m = media_on("0.0.0.0", 16, receive);
+    let (caller, callee) = (endpoint("127.0.0.1"), endpoint("127.0.0.1"));
+    let block = m.allocate(0).expect("a block");
+    let (pa, pb) = (m.port(block, Leg::A), m.port(block, Leg::B));
+    let t = now_ms();
+    m.set_remote(block, Leg::A, Some(caller.local_addr().unwrap()), t);
+    m.set_remote(block, Leg::B, Some(callee.local_addr().unwrap()), t);
+    let (pkt, src) = send_until_heard(&caller, pa, &callee, 1);
+    assert_eq!(pkt, rtp(1));
+    assert_eq!(src, SocketAddr::from(([127, 0, 0, 1], pb)));
+    callee.send_to(&rtp(2), ("127.0.0.1", pb)).unwrap();
+    let (pkt, src) = recv(&caller).expect("callee's packet reaches the caller");
+    assert_eq!(pkt, rtp(2));
+    assert_eq!(src, SocketAddr::from(([127, 0, 0, 1], pa)));
     m.release(block);
 }
