@@ -307,7 +307,7 @@ impl Relay {
             s.bind(&SocketAddr::new(self.shared.bind, first + i).into())?;
             Ok(UdpSocket::from_std(s.into()))
         };
-        let sockets = match (bind(0), bind(1), bind(2), bind(3)) {
+        let mut sockets = match (bind(0), bind(1), bind(2), bind(3)) {
             (Ok(a), Ok(b), Ok(c), Ok(d)) => [a, b, c, d],
             _ => {
                 // Somebody else holds one of these ports: the call goes on without media; the
@@ -322,7 +322,6 @@ impl Relay {
             .enumerate()
             .all(|(i, sock)| self.batch.fix(slot + i as u32, sock.as_raw_fd()))
             .then_some(slot);
-        let mut sockets = sockets;
         // Steered, the block's sockets hold its ports and send what the raw sender does not
         // (IPv6); should the map refuse the block, they are polled as well.
         let owned = !portless
