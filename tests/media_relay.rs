@@ -383,3 +383,32 @@ fn a_wildcard_media_address_relays_both_ways(receive: Receive) {
     assert_eq!(src, SocketAddr::from(([127, 0, 0, 1], pa)));
     m.release(block);
 }
+
+/// A second instance on the same range fails at start, naming the port it could not take,
+/// instead of relaying nothing (steered, the first instance's blocks hold no sockets that a
+/// second one's binds would collide with).
+#[test]
+fn a_second_instance_on_the_same_range_fails_at_start() {
+    for receive in [Receive::Steered, Receive::PerPort] {
+        let m = media(16, receive);
+        let first = m.port(sipedge::media::Block(0), Leg::A);
+        let cfg = MediaConfig {
+            address: "127.0.0.1".into(),
+            advertise: String::new(),
+            port_min: first,
+            port_max: first + 15,
+            workers: 2,
+            timeout_s: 60,
+        };
+        let err = Media::start_with(&cfg, "127.0.0.1".parse().unwrap(), &[], receive)
+            .err()
+            .expect("the second instance refused");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("media port {}", first + 15)),
+            "{text}"
+        );
+        assert!(text.contains("another sipedge"), "{text}");
+        drop(m);
+    }
+}

@@ -125,38 +125,46 @@ pub enum Receive {
     PerPort,
 }
 
-/// One steered socket per thread, thread `t`'s bound to port `top - t`, and the program that
-/// steers to them; empty (per-port receiving) when the kernel refuses, which is logged once.
-fn steer(shared: &Arc<Shared>, threads: usize, top: u16) -> Vec<relay::SteeredSocket> {
-    let sockets: std::io::Result<Vec<socket2::Socket>> = (0..threads)
-        .map(|t| steer::thread_socket(shared.bind, top - t as u16, STEERED_RCVBUF))
+/// The threads' own sockets, thread `t`'s on port `top - t`. They hold the range: a second
+/// sipedge on the same range fails here, at start, with the port named.
+fn thread_sockets(bind: IpAddr, threads: usize, top: u16) -> std::io::Result<Vec<socket2::Socket>> {
+    (0..threads)
+        .map(|t| {
+            let port = top - t as u16;
+            steer::thread_socket(bind, port, STEERED_RCVBUF).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "media port {port} (a media thread's own, at the top of \
+                         media.port_min..media.port_max): {e}; is another sipedge using this range?"
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The program that steers each thread's ports to its socket; None (per-port receiving) when
+/// the kernel refuses, which is logged once.
+fn steer(shared: &Arc<Shared>, sockets: &[socket2::Socket]) -> Option<Arc<steer::Steering>> {
+    let fds: Vec<_> = sockets
+        .iter()
+        .map(std::os::fd::AsRawFd::as_raw_fd)
         .collect();
-    let attached = sockets.and_then(|sockets| {
-        let fds: Vec<_> = sockets
-            .iter()
-            .map(std::os::fd::AsRawFd::as_raw_fd)
-            .collect();
-        steer::Steering::attach(shared.base, shared.blocks, BLOCK_PORTS, shared.bind, &fds)
-            .map(|s| (Arc::new(s), sockets))
-            .map_err(std::io::Error::other)
-    });
-    match attached {
-        Ok((steering, sockets)) => {
+    match steer::Steering::attach(shared.base, shared.blocks, BLOCK_PORTS, shared.bind, &fds) {
+        Ok(s) => {
             shared.steered.store(true, Ordering::Relaxed);
             tracing::info!(
-                threads,
+                threads = sockets.len(),
                 "media ports steered to one socket per media thread"
             );
-            sockets
-                .into_iter()
-                .map(|s| relay::SteeredSocket::new(s, steering.clone()))
-                .collect()
+            Some(Arc::new(s))
         }
         Err(e) => {
             tracing::warn!(
                 "media port steering unavailable ({e}): each media port is polled on its own socket"
             );
-            Vec::new()
+            None
         }
     }
 }
@@ -231,12 +239,12 @@ impl Media {
         let mut wakers = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
         let mut parked = Vec::with_capacity(threads);
-        let mut steered = match receive {
-            Receive::Steered => steer(&shared, threads, top as u16),
-            Receive::PerPort => Vec::new(),
-        }
-        .into_iter();
-        for t in 0..threads {
+        let sockets = thread_sockets(bind, threads, top as u16)?;
+        let steering = match receive {
+            Receive::Steered => steer(&shared, &sockets),
+            Receive::PerPort => None,
+        };
+        for (t, socket) in sockets.into_iter().enumerate() {
             let owned: Vec<u32> = (0..blocks).filter(|b| *b as usize % threads == t).collect();
             let (ftx, frx) = bounded(owned.len().max(1));
             for b in &owned {
@@ -254,7 +262,7 @@ impl Media {
                 flag.clone(),
                 t as u32,
                 threads as u32,
-                steered.next(),
+                relay::ThreadSocket::new(socket, steering.clone()),
             )?;
             handles.push(
                 std::thread::Builder::new()

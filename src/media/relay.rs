@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const WAKER: Token = Token(usize::MAX);
-const STEERED: Token = Token(usize::MAX - 1);
+const OWN: Token = Token(usize::MAX - 1);
 const BATCH: usize = 32;
 /// Buffers held by one loop turn's packets until they are sent.
 const RING: usize = 256;
@@ -90,15 +90,17 @@ struct Session {
     fixed: Option<u32>,
 }
 
-/// A thread's steered socket and the steering that feeds it.
-pub struct SteeredSocket {
+/// A thread's own socket, on one of the range's top ports, and the steering that feeds it
+/// every port of the thread's blocks (None: each block's sockets are polled; the thread's socket
+/// then only holds its port, and what reaches it is drained and counted).
+pub struct ThreadSocket {
     socket: UdpSocket,
-    steering: Arc<Steering>,
+    steering: Option<Arc<Steering>>,
 }
 
-impl SteeredSocket {
-    pub fn new(socket: socket2::Socket, steering: Arc<Steering>) -> SteeredSocket {
-        SteeredSocket {
+impl ThreadSocket {
+    pub fn new(socket: socket2::Socket, steering: Option<Arc<Steering>>) -> ThreadSocket {
+        ThreadSocket {
             socket: UdpSocket::from_std(socket.into()),
             steering,
         }
@@ -110,8 +112,8 @@ pub struct Relay {
     /// This thread's index among the media threads, and how many there are.
     thread: u32,
     threads: u32,
-    steered: Option<SteeredSocket>,
-    /// The steered socket was left with packets queued: read it again without waiting.
+    own: ThreadSocket,
+    /// The thread's socket was left with packets queued: read it again without waiting.
     backlog: bool,
     shared: Arc<Shared>,
     commands: Receiver<Command>,
@@ -137,15 +139,15 @@ impl Relay {
         parked: Arc<AtomicBool>,
         thread: u32,
         threads: u32,
-        mut steered: Option<SteeredSocket>,
+        mut own: ThreadSocket,
     ) -> io::Result<Relay> {
         let blocks = shared.blocks as usize;
         let mut batch = Batch::new(true);
         // Room for the sockets of every block this thread owns (block / threads, four each).
         batch.use_fixed_files(shared.blocks.div_ceil(threads) * u32::from(BLOCK_PORTS));
-        if let Some(s) = &mut steered {
-            poll.registry()
-                .register(&mut s.socket, STEERED, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut own.socket, OWN, Interest::READABLE)?;
+        if own.steering.is_some() {
             // With ports steered, sends leave through one raw socket as well (IPv4).
             match shared.bind {
                 std::net::IpAddr::V4(v4) => batch.use_raw_sender(v4),
@@ -159,7 +161,7 @@ impl Relay {
             poll,
             thread,
             threads,
-            steered,
+            own,
             backlog: false,
             shared,
             commands,
@@ -207,7 +209,7 @@ impl Relay {
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => {}
-                    STEERED => steered = true,
+                    OWN => steered = true,
                     Token(t) => {
                         self.relay(t / BLOCK_PORTS as usize, t % BLOCK_PORTS as usize, now_ms)
                     }
@@ -279,8 +281,8 @@ impl Relay {
         // its own, owning it in the steering map is all. Its ports are the range's, sipedge's:
         // nobody else's socket on one of them gets its packets while the block is owned.
         let portless = self.batch.raw.is_some() && self.shared.bind.is_ipv4();
-        if let Some(st) = self.steered.as_ref().filter(|_| portless) {
-            match st.steering.own(block, self.thread) {
+        if let Some(steering) = self.own.steering.as_ref().filter(|_| portless) {
+            match steering.own(block, self.thread) {
                 Ok(()) => {
                     self.insert(
                         block,
@@ -325,8 +327,8 @@ impl Relay {
         // Steered, the block's sockets hold its ports and send what the raw sender does not
         // (IPv6); should the map refuse the block, they are polled as well.
         let owned = !portless
-            && self.steered.as_ref().is_some_and(|st| {
-                st.steering
+            && self.own.steering.as_ref().is_some_and(|steering| {
+                steering
                     .own(block, self.thread)
                     .map_err(|e| tracing::warn!(block, "media steering refused a block: {e}"))
                     .is_ok()
@@ -445,13 +447,11 @@ impl Relay {
 }
 
 impl Relay {
-    /// Drains the steered socket: each packet's original port names its block and leg. True
-    /// when packets may be left (the turn's share was used up).
+    /// Drains the thread's socket: each packet's original port names its block and leg (a
+    /// port outside the blocks, the socket's own, names none). True when packets may be left
+    /// (the turn's share was used up).
     fn relay_steered(&mut self, now_ms: u64) -> bool {
-        let Some(st) = &self.steered else {
-            return false;
-        };
-        let fd = st.socket.as_raw_fd();
+        let fd = self.own.socket.as_raw_fd();
         let base = self.shared.base;
         let stats = &self.shared.stats;
         let (mut relayed, mut relayed_bytes, mut stray, mut dead) = (0u64, 0u64, 0u64, 0u64);
