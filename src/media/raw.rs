@@ -50,18 +50,14 @@ impl RawSender {
         }
         // SAFETY: fd was just returned by socket(2).
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // A turn's packets are in the send buffer at once until the device takes them.
-        let size: libc::c_int = 4 << 20;
-        // SAFETY: a c_int option on the socket just opened.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        // A turn's packets are in the send buffer at once until the device takes them (without
+        // CAP_NET_ADMIN the default buffer serves, with more EAGAIN drops at peaks).
+        let _ = super::steer::set_int(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            4 << 20,
+        );
         let mut s = RawSender {
             fd,
             src: src.octets(),

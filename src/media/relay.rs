@@ -444,9 +444,7 @@ impl Relay {
             }
         }
     }
-}
 
-impl Relay {
     /// Drains the thread's socket: each packet's original port names its block and leg (a
     /// port outside the blocks, the socket's own, names none). True when packets may be left
     /// (the turn's share was used up).

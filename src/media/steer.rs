@@ -103,49 +103,53 @@ pub fn thread_socket(bind: IpAddr, port: u16, rcvbuf: usize) -> io::Result<socke
         None,
     )?;
     s.set_nonblocking(true)?;
-    let on: libc::c_int = 1;
-    let set = |level, opt| {
-        // SAFETY: a c_int option on a socket this function owns.
-        let r = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                level,
-                opt,
-                (&on as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    };
+    let fd = s.as_raw_fd();
     if bind.is_ipv6() {
         s.set_only_v6(!bind.is_unspecified())?;
-        set(libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR)?;
+        set_int(fd, libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR, 1)?;
     }
     // Also on a dual-stack socket: IPv4 packets carry the IPv4 option's message.
     if bind.is_ipv4() || bind.is_unspecified() {
-        set(libc::SOL_IP, libc::IP_RECVORIGDSTADDR)?;
+        set_int(fd, libc::SOL_IP, libc::IP_RECVORIGDSTADDR, 1)?;
     }
     // SO_RCVBUFFORCE passes net.core.rmem_max where the process may (CAP_NET_ADMIN).
-    let size = rcvbuf as libc::c_int;
-    // SAFETY: as above.
-    let forced = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    } == 0;
-    if !forced {
+    if set_int(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        rcvbuf as libc::c_int,
+    )
+    .is_err()
+    {
         let _ = s.set_recv_buffer_size(rcvbuf);
     }
     s.bind(&std::net::SocketAddr::new(bind, port).into())?;
     Ok(s)
+}
+
+/// Sets an int-valued socket option (those socket2 has no setter for).
+pub(super) fn set_int(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a c_int option value, passed by pointer with its size, on a descriptor the caller
+    // owns.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The original destination port of a datagram, from its control messages.
