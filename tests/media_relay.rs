@@ -43,18 +43,27 @@ fn media_on(address: &str, ports: u16, receive: Receive) -> Media {
         Media::start_with(&cfg, "127.0.0.1".parse().unwrap(), &[], receive).expect("media threads");
     let steered = receive == Receive::Steered && may_attach_bpf();
     assert_eq!(m.steered(), steered, "steering as asked for");
+    // Raw sends come with steering, for an IPv4 media address, given CAP_NET_RAW (13).
+    if !address.contains(':') {
+        assert_eq!(m.sends_raw(), steered && has_cap(13), "raw sends as expected");
+    }
     m
 }
 
 /// Whether this process holds CAP_BPF (39) and CAP_NET_ADMIN (12), which steering needs.
 fn may_attach_bpf() -> bool {
+    has_cap(39) && has_cap(12)
+}
+
+/// Whether capability `bit` is in this process's effective set.
+fn has_cap(bit: u32) -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let eff = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
-    eff & (1 << 39) != 0 && eff & (1 << 12) != 0
+    eff & (1 << bit) != 0
 }
 
 /// Runs a test body once per way of receiving.
@@ -364,8 +373,9 @@ fn a_steered_call_keeps_its_packets_from_a_socket_bound_on_its_port() {
 }
 
 /// The default `media.address` is 0.0.0.0: every local address's ports are the call's (the
-/// steering program checks no address, raw sends leave the source to the kernel's route and the
-/// UDP checksum at 0), and packets still arrive byte for byte from the call's ports.
+/// steering program checks no address; raw sends come from the address the receiving endpoint
+/// sends to, once it has sent, else from the kernel's choice with the UDP checksum at 0), and
+/// packets still arrive byte for byte from the call's ports.
 fn a_wildcard_media_address_relays_both_ways(receive: Receive) {
     let m = media_on("0.0.0.0", 16, receive);
     let (caller, callee) = (endpoint("127.0.0.1"), endpoint("127.0.0.1"));
@@ -377,10 +387,21 @@ fn a_wildcard_media_address_relays_both_ways(receive: Receive) {
     let (pkt, src) = send_until_heard(&caller, pa, &callee, 1);
     assert_eq!(pkt, rtp(1));
     assert_eq!(src, SocketAddr::from(([127, 0, 0, 1], pb)));
-    callee.send_to(&rtp(2), ("127.0.0.1", pb)).unwrap();
+    // The callee talks to another of the host's addresses: sent raw, what it gets comes from
+    // that address, as it expects (a socket bound to 0.0.0.0 lets the route pick instead).
+    callee.send_to(&rtp(2), ("127.0.0.3", pb)).unwrap();
     let (pkt, src) = recv(&caller).expect("callee's packet reaches the caller");
     assert_eq!(pkt, rtp(2));
     assert_eq!(src, SocketAddr::from(([127, 0, 0, 1], pa)));
+    caller.send_to(&rtp(3), ("127.0.0.1", pa)).unwrap();
+    let (pkt, src) = recv(&callee).expect("caller's packet reaches the callee");
+    assert_eq!(pkt, rtp(3));
+    let from = if m.sends_raw() {
+        [127, 0, 0, 3]
+    } else {
+        [127, 0, 0, 1]
+    };
+    assert_eq!(src, SocketAddr::from((from, pb)));
     m.release(block);
 }
 

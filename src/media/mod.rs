@@ -113,6 +113,8 @@ struct Shared {
     stats: MediaStats,
     /// Set once steering is attached.
     steered: AtomicBool,
+    /// Set once a media thread sends IPv4 through its raw socket.
+    raw_sends: AtomicBool,
 }
 
 /// How a media thread receives its ports' packets.
@@ -232,6 +234,7 @@ impl Media {
             counters: (0..blocks).map(|_| BlockCounters::default()).collect(),
             stats: MediaStats::default(),
             steered: AtomicBool::new(false),
+            raw_sends: AtomicBool::new(false),
         });
         let mut free = Vec::with_capacity(threads);
         let mut warm = Vec::with_capacity(threads);
@@ -379,6 +382,11 @@ impl Media {
     /// Whether the threads receive on one steered socket each ([`Receive`]).
     pub fn steered(&self) -> bool {
         self.shared.steered.load(Ordering::Relaxed)
+    }
+
+    /// Whether IPv4 packets leave through the threads' raw sockets (steered, CAP_NET_RAW).
+    pub fn sends_raw(&self) -> bool {
+        self.shared.raw_sends.load(Ordering::Relaxed)
     }
 
     pub fn stats(&self) -> &MediaStats {

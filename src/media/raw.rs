@@ -8,8 +8,9 @@
 //! payload, no copy). An `IPPROTO_RAW` socket only sends: the kernel delivers nothing to it.
 //!
 //! The header: IPv4 without options, DF set, TTL 64, the kernel filling the identification and
-//! the header checksum (and the source address when it is left 0, for a wildcard media
-//! address). The UDP checksum is computed when the source address is known and left 0 (no
+//! the header checksum (and the source address when it is left 0: a wildcard media address
+//! before the endpoint has sent anything, so the relay has not learned which local address it
+//! talks to). The UDP checksum is computed when the source address is known and left 0 (no
 //! checksum, which IPv4 allows) when the kernel picks it. Needs CAP_NET_RAW.
 
 use std::io;
@@ -82,12 +83,14 @@ impl RawSender {
         Ok(s)
     }
 
-    /// Queues `len` bytes at `payload` from port `src_port` to `dest`; false when full.
+    /// Queues `len` bytes at `payload` from `src` (else the sender's own address) port
+    /// `src_port` to `dest`; false when full.
     ///
     /// # Safety
     /// `payload..payload + len` must stay valid and unchanged until the next [`RawSender::flush`].
     pub unsafe fn queue(
         &mut self,
+        src: Option<Ipv4Addr>,
         src_port: u16,
         dest: SocketAddrV4,
         payload: *const u8,
@@ -99,7 +102,8 @@ impl RawSender {
         }
         // SAFETY: the caller vouches for the payload.
         let body = unsafe { std::slice::from_raw_parts(payload, len) };
-        write_header(&mut self.hdr[q], self.src, src_port, dest, body);
+        let src = src.map_or(self.src, |a| a.octets());
+        write_header(&mut self.hdr[q], src, src_port, dest, body);
         self.iov[q][1] = libc::iovec {
             iov_base: payload as *mut libc::c_void,
             iov_len: len,
@@ -218,8 +222,8 @@ mod tests {
         assert_eq!(u16::from_be_bytes([h[2], h[3]]), 33);
     }
 
-    /// Packets queued from two source ports reach a real socket with those ports, their bytes
-    /// and a checksum the kernel accepted (a bad one is dropped before the socket).
+    /// Packets queued from two source addresses and ports reach a real socket from those, with
+    /// their bytes and a checksum the kernel accepted (a bad one is dropped before the socket).
     #[test]
     fn queued_packets_arrive_from_the_ports_written() {
         let mut raw = match RawSender::open(Ipv4Addr::LOCALHOST, 4) {
@@ -239,15 +243,19 @@ mod tests {
         let bodies: [&[u8]; 2] = [b"first packet", b"second, odd"];
         // SAFETY: the bodies are statics.
         unsafe {
-            assert!(raw.queue(64_001, dest, bodies[0].as_ptr(), bodies[0].len()));
-            assert!(raw.queue(64_003, dest, bodies[1].as_ptr(), bodies[1].len()));
+            assert!(raw.queue(None, 64_001, dest, bodies[0].as_ptr(), bodies[0].len()));
+            let other = Some(Ipv4Addr::new(127, 0, 0, 2));
+            assert!(raw.queue(other, 64_003, dest, bodies[1].as_ptr(), bodies[1].len()));
         }
         raw.flush();
         let mut buf = [0u8; 64];
-        for (body, port) in bodies.iter().zip([64_001, 64_003]) {
+        for (body, from_addr) in bodies
+            .iter()
+            .zip([([127, 0, 0, 1], 64_001), ([127, 0, 0, 2], 64_003)])
+        {
             let (n, from) = sink.recv_from(&mut buf).unwrap();
             assert_eq!(&buf[..n], *body);
-            assert_eq!(from, SocketAddr::from(([127, 0, 0, 1], port)));
+            assert_eq!(from, SocketAddr::from(from_addr));
         }
     }
 }

@@ -51,6 +51,9 @@ struct Latch {
     latched: Option<SocketAddr>,
     /// Until then any source is taken (the newest wins): SDP just changed.
     open_until_ms: u64,
+    /// The local address this endpoint's packets were sent to (steered sockets tell): where
+    /// packets to it come from, as the endpoint expects on a host with several addresses.
+    local: Option<std::net::IpAddr>,
 }
 
 impl Latch {
@@ -155,6 +158,9 @@ impl Relay {
                     batch.use_raw_sender(std::net::Ipv4Addr::UNSPECIFIED)
                 }
                 std::net::IpAddr::V6(_) => {}
+            }
+            if batch.raw.is_some() {
+                shared.raw_sends.store(true, Ordering::Relaxed);
             }
         }
         Ok(Relay {
@@ -427,7 +433,10 @@ impl Relay {
                         self.batch.queue(
                             sockets[out].as_raw_fd(),
                             s.fixed.map(|f| f + out as u32),
-                            self.shared.base + (block * BLOCK_PORTS as usize + out) as u16,
+                            (
+                                None,
+                                self.shared.base + (block * BLOCK_PORTS as usize + out) as u16,
+                            ),
                             d,
                         );
                     }
@@ -459,10 +468,8 @@ impl Relay {
                 break;
             };
             for i in first..first + n {
-                let off = self
-                    .batch
-                    .original_port(i)
-                    .map_or(usize::MAX, |p| usize::from(p.wrapping_sub(base)));
+                let to = self.batch.original_dest(i);
+                let off = to.map_or(usize::MAX, |d| usize::from(d.port().wrapping_sub(base)));
                 let (block, idx) = (off / BLOCK_PORTS as usize, off % BLOCK_PORTS as usize);
                 let session = self.sessions.get_mut(block).and_then(Option::as_mut);
                 let (Some(s), Some(src)) = (session, self.batch.source(i)) else {
@@ -477,6 +484,7 @@ impl Relay {
                     stray += 1;
                     continue;
                 }
+                s.latches[idx].local = to.map(|d| d.ip());
                 let len = self.batch.len(i) as u64;
                 let c = &self.shared.counters[block];
                 let (packets, bytes) = if idx < 2 {
@@ -500,7 +508,10 @@ impl Relay {
                         self.batch.queue(
                             fd,
                             s.fixed.map(|f| f + out as u32),
-                            base + (block * BLOCK_PORTS as usize + out) as u16,
+                            (
+                                s.latches[out].local,
+                                base + (block * BLOCK_PORTS as usize + out) as u16,
+                            ),
                             d,
                         );
                         relayed += 1;
@@ -671,10 +682,10 @@ impl Batch {
         self.lens[i]
     }
 
-    /// The port packet `i` was sent to (steered sockets report it).
-    fn original_port(&self, i: usize) -> Option<u16> {
+    /// The address and port packet `i` was sent to (steered sockets report it).
+    fn original_dest(&self, i: usize) -> Option<SocketAddr> {
         // SAFETY: the kernel filled header i's control buffer by the last receive.
-        unsafe { super::steer::original_port(&self.hdrs[i].msg_hdr) }
+        unsafe { super::steer::original_dest(&self.hdrs[i].msg_hdr) }
     }
 
     /// Slot `i` goes out with the next [`Batch::queue`].
@@ -719,17 +730,28 @@ impl Batch {
         }
     }
 
-    /// The slots kept since the last call go to `dest` from port `port` at the next flush:
-    /// through the raw sender for IPv4 where there is one, else through `fd` (registered at
-    /// fixed-file slot `fixed`, if given).
-    fn queue(&mut self, fd: i32, fixed: Option<u32>, port: u16, dest: SocketAddr) {
+    /// The slots kept since the last call go to `dest` from `(address, port)` at the next
+    /// flush: through the raw sender for IPv4 where there is one (from the address given, else
+    /// the media address), else through `fd` (registered at fixed-file slot `fixed`, if given),
+    /// from its own address.
+    fn queue(
+        &mut self,
+        fd: i32,
+        fixed: Option<u32>,
+        (from, port): (Option<std::net::IpAddr>, u16),
+        dest: SocketAddr,
+    ) {
         if let (Some(raw), SocketAddr::V4(d4)) = (&mut self.raw, dest) {
+            let from = match from {
+                Some(std::net::IpAddr::V4(a)) => Some(a),
+                _ => None,
+            };
             for k in self.grouped..self.kept {
                 let i = self.order[k];
                 // SAFETY: slot i's buffer is not received into again before the flush that
                 // sends it (the ring flushes before it wraps). The raw sender holds RING
                 // packets and at most RING are kept, so it is never full here.
-                unsafe { raw.queue(port, d4, self.iov[i].iov_base.cast(), self.lens[i]) };
+                unsafe { raw.queue(from, port, d4, self.iov[i].iov_base.cast(), self.lens[i]) };
             }
             self.grouped = self.kept;
             return;
@@ -908,7 +930,12 @@ mod tests {
                 }
                 let slot = if k == 1 { fixed } else { None };
                 let port = outs[k].local_addr().unwrap().port();
-                b.queue(outs[k].as_raw_fd(), slot, port, sink.local_addr().unwrap());
+                b.queue(
+                    outs[k].as_raw_fd(),
+                    slot,
+                    (None, port),
+                    sink.local_addr().unwrap(),
+                );
             }
             b.flush();
             let mut got = Vec::new();

@@ -152,25 +152,29 @@ pub(super) fn set_int(
     }
 }
 
-/// The original destination port of a datagram, from its control messages.
+/// The original destination (address and port) of a datagram, from its control messages.
 ///
 /// # Safety
 /// `msg` must be a header the kernel filled by a receive (its control pointer and length
 /// describe live memory).
-pub unsafe fn original_port(msg: &libc::msghdr) -> Option<u16> {
+pub unsafe fn original_dest(msg: &libc::msghdr) -> Option<std::net::SocketAddr> {
     // SAFETY: the CMSG_* walk stays inside msg_control[..msg_controllen].
     let mut c = unsafe { libc::CMSG_FIRSTHDR(msg) };
     while !c.is_null() {
         // SAFETY: c points at a complete cmsghdr inside the control buffer.
         let h = unsafe { &*c };
         let data = unsafe { libc::CMSG_DATA(c) };
-        if (h.cmsg_level == libc::SOL_IP && h.cmsg_type == libc::IP_ORIGDSTADDR)
-            || (h.cmsg_level == libc::SOL_IPV6 && h.cmsg_type == libc::IPV6_ORIGDSTADDR)
-        {
-            // sin_port and sin6_port sit at the same offset, in network order.
-            // SAFETY: the payload is a sockaddr_in or sockaddr_in6 (at least 16 bytes).
-            let port = unsafe { std::ptr::read_unaligned(data.add(2).cast::<u16>()) };
-            return Some(u16::from_be(port));
+        if h.cmsg_level == libc::SOL_IP && h.cmsg_type == libc::IP_ORIGDSTADDR {
+            // SAFETY: the payload is a sockaddr_in.
+            let a = unsafe { std::ptr::read_unaligned(data.cast::<libc::sockaddr_in>()) };
+            let ip = std::net::Ipv4Addr::from(a.sin_addr.s_addr.to_ne_bytes());
+            return Some((ip, u16::from_be(a.sin_port)).into());
+        }
+        if h.cmsg_level == libc::SOL_IPV6 && h.cmsg_type == libc::IPV6_ORIGDSTADDR {
+            // SAFETY: the payload is a sockaddr_in6.
+            let a = unsafe { std::ptr::read_unaligned(data.cast::<libc::sockaddr_in6>()) };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            return Some((ip, u16::from_be(a.sin6_port)).into());
         }
         c = unsafe { libc::CMSG_NXTHDR(msg, c) };
     }
@@ -585,7 +589,10 @@ mod tests {
         // SAFETY: msg points at live buffers of the sizes it states.
         let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
         assert_eq!(&buf[..n as usize], b"steered");
-        assert_eq!(unsafe { original_port(&msg) }, Some(base + 6));
+        assert_eq!(
+            unsafe { original_dest(&msg) },
+            Some(SocketAddr::from(([127, 0, 0, 1], base + 6)))
+        );
 
         let mut b2 = [0u8; 64];
         let (n, from) = plain.recv_from(&mut b2).unwrap();
