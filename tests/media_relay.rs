@@ -45,7 +45,11 @@ fn media_on(address: &str, ports: u16, receive: Receive) -> Media {
     assert_eq!(m.steered(), steered, "steering as asked for");
     // Raw sends come with steering, for an IPv4 media address, given CAP_NET_RAW (13).
     if !address.contains(':') {
-        assert_eq!(m.sends_raw(), steered && has_cap(13), "raw sends as expected");
+        assert_eq!(
+            m.sends_raw(),
+            steered && has_cap(13),
+            "raw sends as expected"
+        );
     }
     m
 }
