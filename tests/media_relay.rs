@@ -8,7 +8,7 @@
 //! run in parallel.
 
 use sipedge::config::MediaConfig;
-use sipedge::media::{Leg, Media, Receive};
+use sipedge::media::{Block, Leg, Media, Receive};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -142,16 +142,22 @@ fn recv(s: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
         .map(|(n, src)| (buf[..n].to_vec(), src))
 }
 
+/// A call on a fresh block between `a` (leg A) and `b` (leg B), both signalled in SDP that
+/// changed at `at_ms`: the block and each leg's RTP port.
+fn call(m: &Media, a: &UdpSocket, b: &UdpSocket, at_ms: u64) -> (Block, u16, u16) {
+    let block = m.allocate(0).expect("a block");
+    m.set_remote(block, Leg::A, Some(a.local_addr().unwrap()), at_ms);
+    m.set_remote(block, Leg::B, Some(b.local_addr().unwrap()), at_ms);
+    (block, m.port(block, Leg::A), m.port(block, Leg::B))
+}
+
 fn rtp_is_relayed_both_ways_and_counted(receive: Receive) {
     let m = media(16, receive);
     let (caller, callee) = (endpoint("127.0.0.1"), endpoint("127.0.0.1"));
-    let block = m.allocate(0).expect("a block");
-    let (pa, pb) = (m.port(block, Leg::A), m.port(block, Leg::B));
+    let t = now_ms();
+    let (block, pa, pb) = call(&m, &caller, &callee, t);
     assert_eq!(pa % 2, 0, "RTP on an even port");
     assert_eq!(pb, pa + 2, "four ports per call");
-    let t = now_ms();
-    m.set_remote(block, Leg::A, Some(caller.local_addr().unwrap()), t);
-    m.set_remote(block, Leg::B, Some(callee.local_addr().unwrap()), t);
 
     let (pkt, src) = send_until_heard(&caller, pa, &callee, 1);
     assert_eq!(pkt, rtp(1), "relayed byte for byte");
@@ -213,12 +219,8 @@ fn a_stray_source_is_not_latched(receive: Receive) {
         endpoint("127.0.0.1"),
         endpoint("127.0.0.2"),
     );
-    let block = m.allocate(0).expect("a block");
-    let (pa, pb) = (m.port(block, Leg::A), m.port(block, Leg::B));
     // The SDP changed long ago: the window is closed.
-    let past = now_ms() - 10_000;
-    m.set_remote(block, Leg::A, Some(caller.local_addr().unwrap()), past);
-    m.set_remote(block, Leg::B, Some(callee.local_addr().unwrap()), past);
+    let (block, pa, pb) = call(&m, &caller, &callee, now_ms() - 10_000);
     send_until_heard(&caller, pa, &callee, 1);
 
     let strays = m
@@ -305,11 +307,7 @@ fn a_reused_block_relays_for_its_new_call_only(receive: Receive) {
     let m = media(6, receive);
     assert_eq!(m.capacity(), 1);
     let (old_a, old_b) = (endpoint("127.0.0.3"), endpoint("127.0.0.3"));
-    let block = m.allocate(0).expect("the block");
-    let (pa, pb) = (m.port(block, Leg::A), m.port(block, Leg::B));
-    let t = now_ms();
-    m.set_remote(block, Leg::A, Some(old_a.local_addr().unwrap()), t);
-    m.set_remote(block, Leg::B, Some(old_b.local_addr().unwrap()), t);
+    let (block, pa, pb) = call(&m, &old_a, &old_b, now_ms());
     send_until_heard(&old_a, pa, &old_b, 1);
     m.release(block);
 
@@ -350,11 +348,7 @@ fn a_steered_call_keeps_its_packets_from_a_socket_bound_on_its_port() {
         return;
     }
     let (caller, callee) = (endpoint("127.0.0.1"), endpoint("127.0.0.1"));
-    let block = m.allocate(0).expect("a block");
-    let (pa, pb) = (m.port(block, Leg::A), m.port(block, Leg::B));
-    let t = now_ms();
-    m.set_remote(block, Leg::A, Some(caller.local_addr().unwrap()), t);
-    m.set_remote(block, Leg::B, Some(callee.local_addr().unwrap()), t);
+    let (block, pa, pb) = call(&m, &caller, &callee, now_ms());
     send_until_heard(&caller, pa, &callee, 1);
     // Where the block has no sockets of its own (an IPv4 media address, raw sends allowed),
     // the port is free to bind; elsewhere the block's socket holds it.
@@ -383,11 +377,7 @@ fn a_steered_call_keeps_its_packets_from_a_socket_bound_on_its_port() {
 fn a_wildcard_media_address_relays_both_ways(receive: Receive) {
     let m = media_on("0.0.0.0", 16, receive);
     let (caller, callee) = (endpoint("127.0.0.1"), endpoint("127.0.0.1"));
-    let block = m.allocate(0).expect("a block");
-    let (pa, pb) = (m.port(block, Leg::A), m.port(block, Leg::B));
-    let t = now_ms();
-    m.set_remote(block, Leg::A, Some(caller.local_addr().unwrap()), t);
-    m.set_remote(block, Leg::B, Some(callee.local_addr().unwrap()), t);
+    let (block, pa, pb) = call(&m, &caller, &callee, now_ms());
     let (pkt, src) = send_until_heard(&caller, pa, &callee, 1);
     assert_eq!(pkt, rtp(1));
     assert_eq!(src, SocketAddr::from(([127, 0, 0, 1], pb)));
@@ -416,7 +406,7 @@ fn a_wildcard_media_address_relays_both_ways(receive: Receive) {
 fn a_second_instance_on_the_same_range_fails_at_start() {
     for receive in [Receive::Steered, Receive::PerPort] {
         let m = media(16, receive);
-        let first = m.port(sipedge::media::Block(0), Leg::A);
+        let first = m.port(Block(0), Leg::A);
         let cfg = MediaConfig {
             address: "127.0.0.1".into(),
             advertise: String::new(),
