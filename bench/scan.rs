@@ -8,18 +8,7 @@ use sipedge::sip::headers::{parse_digest_credentials, request_headers, top_via};
 use sipedge::sip::scan::{scan, HeaderName};
 
 /// A typical PBX re-REGISTER with digest credentials (~570 bytes).
-const REGISTER: &[u8] = b"REGISTER sip:sbc.example.com SIP/2.0\r\n\
-Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-524287-1-3c1d;rport\r\n\
-Max-Forwards: 70\r\n\
-Contact: <sip:1001@192.0.2.10:5060>;expires=300\r\n\
-To: <sip:1001@sbc.example.com>\r\n\
-From: <sip:1001@sbc.example.com>;tag=4e9b2b3f\r\n\
-Call-ID: Njc4ZTk0OGQ1YjE4NmI4NzQ5\r\n\
-CSeq: 2 REGISTER\r\n\
-User-Agent: Yealink SIP-T46S\r\n\
-Authorization: Digest username=\"1001\",realm=\"sbc.example.com\",nonce=\"YmFzZTY0bm9uY2U6MTcw\",uri=\"sip:sbc.example.com\",response=\"0c5b1f4b6a2e3d4c5b6a7f8e9d0c1b2a\",cnonce=\"a1b2c3d4\",nc=00000001,qop=auth,algorithm=MD5\r\n\
-Content-Length: 0\r\n\
-\r\n";
+const REGISTER: &[u8] = include_bytes!("fixtures/register.sip");
 
 /// An INVITE with 16 headers and an SDP offer.
 const INVITE: &[u8] = b"INVITE sip:+15551234567@sbc.example.com;user=phone SIP/2.0\r\n\

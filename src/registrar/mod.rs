@@ -329,7 +329,7 @@ impl Registrar {
         };
 
         // -- unregister (200) --
-        let contacts = match headers::contacts(msg) {
+        let contacts = match &req.contacts {
             Ok(c) => c,
             Err(_) => return (Answer::BadRequest("Bad Contact"), Effects::default()),
         };

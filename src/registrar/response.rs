@@ -3,7 +3,7 @@
 
 use super::{AlgMask, Answer, Registrar};
 use crate::sip::digest::Nonce;
-use crate::sip::headers::{self, Contacts};
+use crate::sip::headers::{self, Contacts, RequestHeaders};
 use crate::sip::scan::{HeaderName, Message};
 use crate::sip::write::{self, finish, header, header_u64, push_u64, response_head};
 use std::net::SocketAddr;
@@ -17,6 +17,7 @@ pub fn write_answer(
     answer: &Answer,
     reg: &Registrar,
     msg: &Message<'_>,
+    req: &RequestHeaders<'_>,
     realm: &[u8],
     src: SocketAddr,
     to_tag: &[u8],
@@ -43,7 +44,7 @@ pub fn write_answer(
         ),
         Answer::Registered { expires } => {
             let header_expires = msg.header(HeaderName::Expires).and_then(headers::parse_u32);
-            if let Ok(Contacts::List(list)) = headers::contacts(msg) {
+            if let Ok(Contacts::List(list)) = &req.contacts {
                 for c in list.iter() {
                     let requested = c.expires.or(header_expires).unwrap_or(*expires);
                     let granted = requested.min(reg.config().max_expires_s);
@@ -58,11 +59,8 @@ pub fn write_answer(
         }
         Answer::Bindings => {
             // The current bindings, with their remaining time (RFC 3261 §10.3 step 8).
-            let to = msg
-                .header(HeaderName::To)
-                .and_then(|v| headers::parse_name_addr(v).ok());
-            if let Some(to) = to {
-                let user = std::str::from_utf8(to.uri.user.unwrap_or_default()).unwrap_or("");
+            {
+                let user = std::str::from_utf8(req.to.uri.user.unwrap_or_default()).unwrap_or("");
                 let realm = std::str::from_utf8(realm).unwrap_or("");
                 for b in reg.bindings_of(user, realm) {
                     let left = b.expires_at_ms.saturating_sub(now_ms).div_ceil(1000);

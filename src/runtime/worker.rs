@@ -685,6 +685,7 @@ impl Worker {
             &answer,
             &self.registrar,
             msg,
+            req,
             realm,
             src,
             &tag,

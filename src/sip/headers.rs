@@ -143,6 +143,9 @@ pub struct RequestHeaders<'a> {
     pub cseq: CSeq<'a>,
     pub max_forwards: Option<u32>,
     pub content_length: Option<u32>,
+    /// Every Contact header's entries, parsed while validating them. Err when a `*` does not
+    /// stand alone (legal syntax, but no REGISTER may carry it: the registrar answers 400).
+    pub contacts: Result<Contacts<'a>, HeaderError>,
 }
 
 /// The headers a response needs for transaction matching (RFC 3261 §17.1.3, §8.1.3.3).
@@ -300,9 +303,32 @@ fn escapes_ok(s: &[u8]) -> bool {
     true
 }
 
+/// Every byte in `class`, and every `%` an escape. One pass; the escape walk only runs when a
+/// `%` was seen, which is rare in real traffic.
 #[inline]
 fn valid_part(s: &[u8], class: u8) -> bool {
-    all_in(s, class) && escapes_ok(s)
+    let mut pct = false;
+    for &b in s {
+        if !has(b, class) {
+            return false;
+        }
+        pct |= b == b'%';
+    }
+    !pct || escapes_ok(s)
+}
+
+/// Below this many bytes a plain loop finds a byte sooner than `memchr`'s dispatch and vector
+/// set-up; the URI and name-addr pieces it searches are nearly always that short.
+const SHORT: usize = 32;
+
+/// `memchr` for the short slices of header values.
+#[inline]
+fn find(b: u8, s: &[u8]) -> Option<usize> {
+    if s.len() < SHORT {
+        s.iter().position(|&c| c == b)
+    } else {
+        memchr(b, s)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -392,7 +418,7 @@ fn port_at(s: &[u8], i: usize) -> Option<(u16, usize)> {
 /// `host = hostname / IPv4address / IPv6reference` at `i`; returns (host, end).
 fn host_at(s: &[u8], i: usize) -> Option<(&[u8], usize)> {
     if s.get(i) == Some(&b'[') {
-        let close = i + 1 + memchr(b']', s.get(i + 1..)?)?;
+        let close = i + 1 + find(b']', s.get(i + 1..)?)?;
         let inner = s.get(i + 1..close)?;
         let ok = inner.contains(&b':')
             && inner
@@ -622,7 +648,7 @@ pub fn top_via<'a>(msg: &Message<'a>) -> Result<Via<'a>, HeaderError> {
 // URIs
 
 fn uri_inner(s: &[u8]) -> Option<Uri<'_>> {
-    let colon = memchr(b':', s)?;
+    let colon = find(b':', s)?;
     let scheme = s.get(..colon)?;
     if !scheme.first()?.is_ascii_alphabetic() || !all_in(scheme, SCHEME) {
         return None;
@@ -666,10 +692,10 @@ fn uri_inner(s: &[u8]) -> Option<Uri<'_>> {
 fn sip_uri<'a>(scheme: &'a [u8], rest: &'a [u8]) -> Option<Uri<'a>> {
     // userinfo cannot hold a raw "@" (user, password and headers grammar exclude it), so the
     // first "@" ends it; the user part may hold ";" "?" "/" "," (TC_INTMETH, TC_SEMIURI).
-    let (user, password, hostport) = match memchr(b'@', rest) {
+    let (user, password, hostport) = match find(b'@', rest) {
         Some(at) => {
             let userinfo = rest.get(..at)?;
-            let (user, password) = match memchr(b':', userinfo) {
+            let (user, password) = match find(b':', userinfo) {
                 Some(c) => (userinfo.get(..c)?, Some(userinfo.get(c + 1..)?)),
                 None => (userinfo, None),
             };
@@ -755,7 +781,7 @@ fn name_addr_at(s: &[u8], start: usize) -> Option<(NameAddr<'_>, usize)> {
     let (uri_raw, uri_end) = if bracketed {
         // LAQUOT = SWS "<" and RAQUOT = ">" SWS: no whitespace inside (TC_BADASPEC); the URI
         // parser rejects it.
-        let close = i + 1 + memchr(b'>', s.get(i + 1..)?)?;
+        let close = i + 1 + find(b'>', s.get(i + 1..)?)?;
         (s.get(i + 1..close)?, close + 1)
     } else {
         let mut j = i;
@@ -930,10 +956,19 @@ pub fn contacts<'a>(msg: &Message<'a>) -> Result<Contacts<'a>, HeaderError> {
         count += 1;
         star |= visit_contacts(value, |e| list.push(e)).ok_or(err)?;
     }
-    match (star, count) {
+    contact_rule(list, star, count)
+}
+
+/// `*` must stand alone: one Contact header holding it and nothing else.
+fn contact_rule(
+    list: SmallVec<[ContactEntry<'_>; 2]>,
+    star: bool,
+    headers: usize,
+) -> Result<Contacts<'_>, HeaderError> {
+    match (star, headers) {
         (false, _) => Ok(Contacts::List(list)),
         (true, 1) => Ok(Contacts::Star),
-        (true, _) => Err(err),
+        (true, _) => Err(HeaderError::Malformed("Contact")),
     }
 }
 
@@ -1092,6 +1127,10 @@ struct Mandatory<'a> {
     cseq: Option<&'a [u8]>,
     max_forwards: Option<&'a [u8]>,
     content_length: Option<&'a [u8]>,
+    /// Requests only: the entries of every Contact header, and whether one was `*`.
+    contacts: SmallVec<[ContactEntry<'a>; 2]>,
+    contact_headers: usize,
+    contact_star: bool,
 }
 
 fn once<'a>(
@@ -1122,8 +1161,12 @@ fn collect<'a>(msg: &Message<'a>, request: bool) -> Result<Mandatory<'a>, Header
             HeaderName::CSeq => once(&mut m.cseq, h.value, "CSeq")?,
             HeaderName::MaxForwards => once(&mut m.max_forwards, h.value, "Max-Forwards")?,
             HeaderName::ContentLength => once(&mut m.content_length, h.value, "Content-Length")?,
-            HeaderName::Contact if request && visit_contacts(h.value, |_| {}).is_none() => {
-                return Err(HeaderError::Malformed("Contact"));
+            HeaderName::Contact if request => {
+                let list = &mut m.contacts;
+                let star = visit_contacts(h.value, |e| list.push(e))
+                    .ok_or(HeaderError::Malformed("Contact"))?;
+                m.contact_star |= star;
+                m.contact_headers += 1;
             }
             HeaderName::Other
                 if request && h.raw_name.eq_ignore_ascii_case(b"Date") && !is_sip_date(h.value) =>
@@ -1206,7 +1249,7 @@ pub fn request_headers<'a>(msg: &Message<'a>) -> Result<RequestHeaders<'a>, Head
     if uri.is_sip() && uri.params.contains(&b'?') {
         return Err(HeaderError::RequestUri);
     }
-    let m = collect(msg, true)?;
+    let mut m = collect(msg, true)?;
     let c = common(&m)?;
     let max_forwards = match m.max_forwards {
         None => None,
@@ -1232,6 +1275,11 @@ pub fn request_headers<'a>(msg: &Message<'a>) -> Result<RequestHeaders<'a>, Head
         cseq: c.cseq,
         max_forwards,
         content_length: c.content_length,
+        contacts: contact_rule(
+            std::mem::take(&mut m.contacts),
+            m.contact_star,
+            m.contact_headers,
+        ),
     })
 }
 
