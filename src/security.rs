@@ -13,23 +13,46 @@ use smallvec::SmallVec;
 use std::net::IpAddr;
 
 /// Matches User-Agents against `scanner_user_agents` (lower-cased substrings), case-insensitively
-/// and without allocating; the substring searchers are built once, from the config.
+/// and without allocating. Every request with a User-Agent pays for this, so a short one (the
+/// usual) is searched directly: only positions holding some pattern's first byte are compared.
+/// A long one goes through `memmem` searchers, whose cost does not grow with repeated near
+/// misses.
 pub struct ScannerMatcher {
+    patterns: Vec<Box<[u8]>>,
     finders: Vec<memchr::memmem::Finder<'static>>,
+    /// First bytes of the patterns.
+    starts: [bool; 256],
 }
+
+/// User-Agents up to this long are searched position by position.
+const SHORT_USER_AGENT: usize = 64;
 
 impl ScannerMatcher {
     pub fn new(patterns: &[String]) -> ScannerMatcher {
-        let finders = patterns
+        let patterns: Vec<Box<[u8]>> = patterns
             .iter()
             .filter(|p| !p.is_empty())
-            .map(|p| memchr::memmem::Finder::new(p.to_ascii_lowercase().as_bytes()).into_owned())
+            .map(|p| p.to_ascii_lowercase().into_bytes().into_boxed_slice())
             .collect();
-        ScannerMatcher { finders }
+        let finders = patterns
+            .iter()
+            .map(|p| memchr::memmem::Finder::new(&p[..]).into_owned())
+            .collect();
+        let mut starts = [false; 256];
+        for p in &patterns {
+            if let Some(&b) = p.first() {
+                starts[usize::from(b)] = true;
+            }
+        }
+        ScannerMatcher {
+            patterns,
+            finders,
+            starts,
+        }
     }
 
     pub fn matches(&self, user_agent: &[u8]) -> bool {
-        if self.finders.is_empty() {
+        if self.patterns.is_empty() {
             return false;
         }
         // Lower-case once into a stack buffer (User-Agents are short; a longer one is checked on
@@ -39,7 +62,13 @@ impl ScannerMatcher {
         for (d, s) in buf.iter_mut().zip(&user_agent[..n]) {
             *d = s.to_ascii_lowercase();
         }
-        self.finders.iter().any(|f| f.find(&buf[..n]).is_some())
+        let ua = &buf[..n];
+        if n > SHORT_USER_AGENT {
+            return self.finders.iter().any(|f| f.find(ua).is_some());
+        }
+        (0..n).any(|i| {
+            self.starts[usize::from(ua[i])] && self.patterns.iter().any(|p| ua[i..].starts_with(p))
+        })
     }
 }
 
@@ -362,5 +391,11 @@ mod tests {
         assert!(!m.matches(b"Asterisk PBX 20"));
         assert!(!m.matches(b""));
         assert!(!ScannerMatcher::new(&[]).matches(b"sipvicious"));
+        // near misses, a match at the very end, and the long (memmem) path both ways
+        assert!(!m.matches(b"sipedge-loadgen sipviciou"));
+        assert!(m.matches(b"Yealink sipvicious"));
+        let long_hit = [&[b'x'; 100][..], b"SipVicious/1.8"].concat();
+        assert!(m.matches(&long_hit));
+        assert!(!m.matches(&[b's'; 300]));
     }
 }

@@ -51,17 +51,32 @@ pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&tmp[i..]);
 }
 
+/// `a.b.c.d` formatted on the stack and appended in one copy (every response's Via carries one).
+fn push_ipv4(out: &mut Vec<u8>, octets: [u8; 4]) {
+    let mut tmp = [0u8; 15];
+    let mut n = 0;
+    for (k, o) in octets.into_iter().enumerate() {
+        if k > 0 {
+            tmp[n] = b'.';
+            n += 1;
+        }
+        if o >= 100 {
+            tmp[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            tmp[n] = b'0' + o / 10 % 10;
+            n += 1;
+        }
+        tmp[n] = b'0' + o % 10;
+        n += 1;
+    }
+    out.extend_from_slice(&tmp[..n]);
+}
+
 pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            for (i, b) in o.iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                push_u64(out, u64::from(*b));
-            }
-        }
+        IpAddr::V4(v4) => push_ipv4(out, v4.octets()),
         // Rare on the access side; the fmt path is fine here.
         IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");
@@ -93,13 +108,17 @@ fn push_top_via(out: &mut Vec<u8>, via_parm: &[u8], src: SocketAddr) {
     let mut has_rport = false;
     for p in parts {
         let p = trim(p);
-        let name = p.split(|&b| b == b'=').next().unwrap_or_default();
-        if name.eq_ignore_ascii_case(b"rport") {
-            has_rport = true;
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"received") {
-            continue;
+        // Only names starting with r can be rport or received: the rest are copied unread.
+        if matches!(p.first(), Some(b'r' | b'R')) {
+            let name_end = memchr::memchr(b'=', p).unwrap_or(p.len());
+            let name = trim(&p[..name_end]);
+            if name.eq_ignore_ascii_case(b"rport") {
+                has_rport = true;
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"received") {
+                continue;
+            }
         }
         out.push(b';');
         out.extend_from_slice(p);
@@ -259,12 +278,16 @@ pub fn response_head(
 /// Splits a Via header value at the first via-parm boundary (a comma outside quotes).
 fn split_first_via(value: &[u8]) -> (&[u8], Option<&[u8]>) {
     let mut in_quotes = false;
-    for (i, &b) in value.iter().enumerate() {
-        match b {
-            b'"' => in_quotes = !in_quotes,
-            b',' if !in_quotes => return (&value[..i], Some(&value[i + 1..])),
-            _ => {}
+    let mut from = 0;
+    // Commas and quotes are rare in a Via: jump between them instead of walking every byte.
+    while let Some(p) = memchr::memchr2(b',', b'"', &value[from..]) {
+        let i = from + p;
+        if value[i] == b'"' {
+            in_quotes = !in_quotes;
+        } else if !in_quotes {
+            return (&value[..i], Some(&value[i + 1..]));
         }
+        from = i + 1;
     }
     (value, None)
 }
@@ -344,6 +367,40 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn ipv4_formats_as_std_does() {
+        for o in [
+            [0, 0, 0, 0],
+            [255, 255, 255, 255],
+            [10, 0, 99, 100],
+            [1, 20, 109, 250],
+        ] {
+            let mut v = Vec::new();
+            push_ipv4(&mut v, o);
+            assert_eq!(v, std::net::Ipv4Addr::from(o).to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn first_via_parm_split_outside_quotes() {
+        let (top, rest) =
+            split_first_via(b"SIP/2.0/UDP a;x=\"p,q\";branch=z9hG4bK1, SIP/2.0/UDP b");
+        assert_eq!(top, b"SIP/2.0/UDP a;x=\"p,q\";branch=z9hG4bK1");
+        assert_eq!(rest, Some(&b" SIP/2.0/UDP b"[..]));
+        assert_eq!(
+            split_first_via(b"SIP/2.0/UDP a"),
+            (&b"SIP/2.0/UDP a"[..], None)
+        );
+        let mut out = Vec::new();
+        let src: SocketAddr = "192.0.2.9:5062".parse().unwrap();
+        push_top_via(
+            &mut out,
+            b"SIP/2.0/UDP a;Rport = 7 ;received=1.1.1.1;ttl=3;ra",
+            src,
+        );
+        assert_eq!(out, b"SIP/2.0/UDP a;ttl=3;ra;received=192.0.2.9;rport=5062");
+    }
 
     #[test]
     fn numbers_and_addresses() {
