@@ -125,7 +125,10 @@ a = ap.parse_args()
 cmd = [x for x in a.cmd if x != "--"]
 if not cmd:
     ap.error("no command")
-tool = "loadgen" if "loadgen" in os.path.basename(cmd[0]) else "sipp"
+# The generator may run under a wrapper (perf/register.sh's `taskset -c CPUS ...`): the tool is
+# the first word naming sipp or the loadgen.
+prog = next((os.path.basename(x) for x in cmd if "loadgen" in os.path.basename(x) or os.path.basename(x) == "sipp"), "")
+tool = "loadgen" if "loadgen" in prog else "sipp"
 stf = None
 if tool == "sipp":
     stf = tempfile.mktemp(suffix=".csv", dir="/tmp")
