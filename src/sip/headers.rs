@@ -12,7 +12,7 @@
 //!
 //! Must not: decide policy (416 for a scheme, 420 for Require, 483 for Max-Forwards: 0 ...).
 
-use super::scan::{is_token_char, HeaderName, Message, Method, StartLine};
+use super::scan::{eq_folded, is_token_char, HeaderName, Message, Method, StartLine};
 use memchr::{memchr, memchr2};
 use smallvec::SmallVec;
 
@@ -562,13 +562,13 @@ fn via_at(s: &[u8], start: usize) -> Option<(Via<'_>, Option<usize>)> {
     };
     let mut bad = false;
     let (_, params_end) = params_at(s, end, |name, value| {
-        if name.eq_ignore_ascii_case(b"branch") {
+        if eq_folded!(name, b"branch") {
             match value {
                 Some(v) if via.branch.is_none() => via.branch = Some(v),
                 Some(_) => {}
                 None => bad = true,
             }
-        } else if name.eq_ignore_ascii_case(b"rport") {
+        } else if eq_folded!(name, b"rport") {
             //= https://www.rfc-editor.org/rfc/rfc3581#section-3
             //# response-port = "rport" [EQUAL 1*DIGIT]
             match value {
@@ -578,7 +578,7 @@ fn via_at(s: &[u8], start: usize) -> Option<(Via<'_>, Option<usize>)> {
                     None => bad = true,
                 },
             }
-        } else if name.eq_ignore_ascii_case(b"received") {
+        } else if eq_folded!(name, b"received") {
             match value {
                 Some(v) if via.received.is_none() => via.received = Some(v),
                 Some(_) => {}
@@ -657,13 +657,13 @@ fn uri_inner(s: &[u8]) -> Option<Uri<'_>> {
     if rest.is_empty() {
         return None;
     }
-    if scheme.eq_ignore_ascii_case(b"sip") || scheme.eq_ignore_ascii_case(b"sips") {
+    if eq_folded!(scheme, b"sip") || eq_folded!(scheme, b"sips") {
         return sip_uri(scheme, rest);
     }
     if !valid_part(rest, URIC) {
         return None;
     }
-    if scheme.eq_ignore_ascii_case(b"tel") {
+    if eq_folded!(scheme, b"tel") {
         //= https://www.rfc-editor.org/rfc/rfc3966#section-3
         //# telephone-uri = "tel:" telephone-subscriber
         let end = memchr(b';', rest).unwrap_or(rest.len());
@@ -803,7 +803,7 @@ fn name_addr_at(s: &[u8], start: usize) -> Option<(NameAddr<'_>, usize)> {
     let uri = uri_inner(uri_raw)?;
     let mut tag = None;
     let (params, end) = params_at(s, uri_end, |name, value| {
-        if tag.is_none() && name.eq_ignore_ascii_case(b"tag") {
+        if tag.is_none() && eq_folded!(name, b"tag") {
             tag = value;
         }
     })?;
@@ -975,18 +975,17 @@ fn contact_rule(
 /// Index of a known digest-response parameter in `parse_digest_credentials`' field array:
 /// dispatch on length first so each parameter costs at most two comparisons.
 fn digest_slot(name: &[u8]) -> Option<usize> {
-    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
     match name.len() {
-        2 if is(b"nc") => Some(9),
-        3 if is(b"uri") => Some(3),
-        3 if is(b"qop") => Some(8),
-        5 if is(b"realm") => Some(1),
-        5 if is(b"nonce") => Some(2),
-        6 if is(b"cnonce") => Some(6),
-        6 if is(b"opaque") => Some(7),
-        8 if is(b"username") => Some(0),
-        8 if is(b"response") => Some(4),
-        9 if is(b"algorithm") => Some(5),
+        2 if eq_folded!(name, b"nc") => Some(9),
+        3 if eq_folded!(name, b"uri") => Some(3),
+        3 if eq_folded!(name, b"qop") => Some(8),
+        5 if eq_folded!(name, b"realm") => Some(1),
+        5 if eq_folded!(name, b"nonce") => Some(2),
+        6 if eq_folded!(name, b"cnonce") => Some(6),
+        6 if eq_folded!(name, b"opaque") => Some(7),
+        8 if eq_folded!(name, b"username") => Some(0),
+        8 if eq_folded!(name, b"response") => Some(4),
+        9 if eq_folded!(name, b"algorithm") => Some(5),
         _ => None,
     }
 }
@@ -1004,7 +1003,7 @@ pub fn parse_digest_credentials(value: &[u8]) -> Result<DigestCredentials<'_>, H
     let scheme_end = token_end(s, scheme_start);
     if !s
         .get(scheme_start..scheme_end)
-        .is_some_and(|t| t.eq_ignore_ascii_case(b"Digest"))
+        .is_some_and(|t| eq_folded!(t, b"digest"))
     {
         return Err(err);
     }
@@ -1240,7 +1239,7 @@ pub fn request_headers<'a>(msg: &Message<'a>) -> Result<RequestHeaders<'a>, Head
     };
     //= https://www.rfc-editor.org/rfc/rfc3261#section-8.2.2
     //# (505 Version Not Supported)
-    if !version.eq_ignore_ascii_case(b"SIP/2.0") {
+    if !eq_folded!(version, b"sip/2.0") {
         return Err(HeaderError::Version);
     }
     let uri = uri_inner(uri_raw).ok_or(HeaderError::RequestUri)?;

@@ -145,10 +145,9 @@ impl HeaderName {
         };
         // Candidates are compared a few words at a time against constants ([`Folded`]).
         macro_rules! is {
-            ($lower:literal) => {{
-                const F: Folded = Folded::new($lower);
-                F.matches(name)
-            }};
+            ($lower:literal) => {
+                eq_folded!(name, $lower)
+            };
         }
         //= https://www.rfc-editor.org/rfc/rfc3261#section-7.3.3
         //# SIP provides a mechanism to represent common header field names in an abbreviated form.
@@ -189,12 +188,22 @@ impl HeaderName {
     }
 }
 
+/// `eq_folded!(bytes, b"lower-case literal")`: `bytes.eq_ignore_ascii_case(literal)` a word at a
+/// time, the literal folded at compile time ([`Folded`]).
+macro_rules! eq_folded {
+    ($name:expr, $lower:literal) => {{
+        const F: $crate::sip::scan::Folded = $crate::sip::scan::Folded::new($lower);
+        F.matches($name)
+    }};
+}
+pub(crate) use eq_folded;
+
 /// A lower-case header name prepared for case-insensitive comparison a word at a time. An ASCII
 /// letter differs from its upper case in bit 5 alone, so OR-ing bit 5 into the letter positions
 /// of the candidate folds its case; other positions (`-`) must match exactly. Three words cover
 /// names up to 24 bytes, the last one overlapping when the length is not a multiple of the
 /// width: a handful of loads and compares instead of a loop over the bytes.
-struct Folded {
+pub(crate) struct Folded {
     len: usize,
     width: usize,
     at: [usize; 3],
@@ -203,7 +212,7 @@ struct Folded {
 }
 
 impl Folded {
-    const fn new(lower: &[u8]) -> Folded {
+    pub(crate) const fn new(lower: &[u8]) -> Folded {
         let len = lower.len();
         assert!(len >= 1 && len <= 24);
         let width = match len {
@@ -244,7 +253,7 @@ impl Folded {
     }
 
     #[inline(always)]
-    fn matches(&self, name: &[u8]) -> bool {
+    pub(crate) fn matches(&self, name: &[u8]) -> bool {
         #[inline(always)]
         fn word(name: &[u8], at: usize, width: usize) -> u64 {
             let mut w = [0u8; 8];

@@ -48,7 +48,10 @@ pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&tmp[i..]);
+    // A few digits: pushed one by one, cheaper than a variable-length copy's call.
+    for &d in &tmp[i..] {
+        out.push(d);
+    }
 }
 
 /// `a.b.c.d` formatted on the stack and appended in one copy (every response's Via carries one).

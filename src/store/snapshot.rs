@@ -122,7 +122,9 @@ pub fn credential_key(username: &[u8], realm: &[u8], out: &mut smallvec::SmallVe
     out.clear();
     out.extend_from_slice(username);
     out.push(b'@');
-    out.extend(realm.iter().map(|b| b.to_ascii_lowercase()));
+    let at = out.len();
+    out.extend_from_slice(realm);
+    out[at..].make_ascii_lowercase();
 }
 
 #[derive(Clone, Debug, Default)]
