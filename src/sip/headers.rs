@@ -1147,6 +1147,7 @@ fn once<'a>(
 
 /// One pass over the headers: records single-value headers (duplicates are errors), the first
 /// Via, and for requests checks every Contact (TC_REGBADCT) and Date (TC_BADDATE).
+#[inline(always)]
 fn collect<'a>(msg: &Message<'a>, request: bool) -> Result<Mandatory<'a>, HeaderError> {
     let mut m = Mandatory::default();
     for h in msg.headers.iter() {
@@ -1188,6 +1189,7 @@ struct Common<'a> {
     content_length: Option<u32>,
 }
 
+#[inline(always)]
 fn common<'a>(m: &Mandatory<'a>) -> Result<Common<'a>, HeaderError> {
     //= https://www.rfc-editor.org/rfc/rfc3261#section-8.1.1
     //# A valid SIP request formulated by a UAC MUST, at a minimum, contain the following header
