@@ -198,7 +198,7 @@ macro_rules! eq_folded {
 }
 pub(crate) use eq_folded;
 
-/// A lower-case header name prepared for case-insensitive comparison a word at a time. An ASCII
+/// A lower-case name prepared for case-insensitive comparison a word at a time. An ASCII
 /// letter differs from its upper case in bit 5 alone, so OR-ing bit 5 into the letter positions
 /// of the candidate folds its case; other positions (`-`) must match exactly. Three words cover
 /// names up to 24 bytes, the last one overlapping when the length is not a multiple of the

@@ -58,7 +58,8 @@ pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     out.truncate(len + digits);
 }
 
-/// `a.b.c.d` formatted on the stack and appended in one copy (every response's Via carries one).
+/// `a.b.c.d` formatted on the stack and appended as one fixed-size block, cut to length (every
+/// response's Via carries one; see [`push_u64`] for why not a variable-length copy).
 fn push_ipv4(out: &mut Vec<u8>, octets: [u8; 4]) {
     let mut tmp = [0u8; 15];
     let mut n = 0;
@@ -78,7 +79,9 @@ fn push_ipv4(out: &mut Vec<u8>, octets: [u8; 4]) {
         tmp[n] = b'0' + o % 10;
         n += 1;
     }
-    out.extend_from_slice(&tmp[..n]);
+    let len = out.len();
+    out.extend_from_slice(&tmp);
+    out.truncate(len + n);
 }
 
 pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
