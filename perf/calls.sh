@@ -33,6 +33,11 @@
 #   SKIP_BUILD=1                     1 (default here): use target/release/sipedge as it is;
 #                                    empty: cargo build --release --bin sipedge first
 #   REF=/tmp/sipedge-ref             scratch copy of shared/reference (copied + installed if missing)
+#   PLACEMENT=split                  split: the system under test confined to SUT_CPUS, both sipp
+#                                    peers to GEN_CPUS (taskset), sipedge with one worker per SUT
+#                                    CPU; free: no taskset, perf/calls.toml's pinned workers (see
+#                                    perf/README.md, "Placement")
+#   SUT_CPUS=0 GEN_CPUS=1            the CPU lists for PLACEMENT=split
 #   OUT=perf/results/calls-<date>.jsonl
 set -u
 PERF=$(cd "$(dirname "$0")" && pwd)
@@ -60,6 +65,22 @@ CALLER=+15551230001
 CALLED=+4930123456
 WORK=$(mktemp -d /tmp/sipedge-calls.XXXXXX)
 mkdir -p "$(dirname "$OUT")"
+PLACEMENT=${PLACEMENT:-split}
+SUT_CPUS=${SUT_CPUS:-0}
+GEN_CPUS=${GEN_CPUS:-1}
+# taskset prefixes for the system under test (SUT) and the sipp peers (GEN)
+SUT=(); GEN=()
+SIPEDGE_CONFIG=$PERF/calls.toml
+case $PLACEMENT in
+  split)
+    SUT=(taskset -c "$SUT_CPUS"); GEN=(taskset -c "$GEN_CPUS")
+    SUT_N=$(taskset -c "$SUT_CPUS" nproc) || { echo "error: SUT_CPUS=$SUT_CPUS is not a CPU list"; exit 1; }
+    taskset -c "$GEN_CPUS" true || { echo "error: GEN_CPUS=$GEN_CPUS is not a CPU list"; exit 1; }
+    SIPEDGE_CONFIG=$WORK/calls.toml
+    sed -e "s/^workers = 2 /workers = $SUT_N /" "$PERF/calls.toml" > "$SIPEDGE_CONFIG" ;;
+  free) ;;
+  *) echo "error: PLACEMENT must be split or free, got '$PLACEMENT'"; exit 1 ;;
+esac
 HOLD_S=$(awk "BEGIN{print $HOLD_MS/1000}")
 NRATES=$(echo $RATES | wc -w)
 # the UAS lives through all steps of one system (+ smoke, memory step, pauses)
@@ -118,6 +139,7 @@ done
   H=$(cat "$ROOT/.git/HEAD" 2>/dev/null); R=${H#ref: }
   echo "commit: $( [ "$R" != "$H" ] && cat "$ROOT/.git/$R" 2>/dev/null || echo "$H")"
   echo "sipedge binary: $(stat -c '%y %s bytes' "$SIPEDGE" 2>/dev/null)"
+  echo "placement: $PLACEMENT$( [ "$PLACEMENT" = split ] && echo " (system under test on CPUs $SUT_CPUS, sipp peers on CPUs $GEN_CPUS)")"
   echo "env: SYSTEMS='$SYSTEMS' RATES='$RATES' STEP_S=$STEP_S HOLD_MS=$HOLD_MS MEM_STEP=$MEM_STEP MEM_CALLS=$MEM_CALLS MEM_RATE=$MEM_RATE MEM_HOLD_MS=$MEM_HOLD_MS"
 } | tee -a "${OUT%.jsonl}.meta"
 
@@ -133,7 +155,7 @@ uac_args() { # system
 UAC_OPTS="-p $UAC_PORT -l 19000 -recv_timeout 5000 -default_behaviors all,-abortunexp -buff_size 4194304 -trace_err -max_log_size 20000000"
 
 start_uas() { # exactly the kit's UAS (run_proxy.sh), bounded by -timeout; its CPU is the "peer"
-  sipp -sf "$REF/sipp/call_uas.xml" -i 127.0.0.1 -p $UAS_PORT -nostdin -timeout ${UAS_TIMEOUT}s \
+  "${GEN[@]}" sipp -sf "$REF/sipp/call_uas.xml" -i 127.0.0.1 -p $UAS_PORT -nostdin -timeout ${UAS_TIMEOUT}s \
     -buff_size 4194304 >/dev/null 2>"$WORK/uas-$1.err" &
   UAS_PID=$!
   if ! wait_port "$UAS_PID" $UAS_PORT; then
@@ -154,7 +176,7 @@ start_checked() { # name logfile cmd... (sets DAEMON_PID)
 smoke() { # system logfile: one call must go through before measuring
   local sys=$1 logf=$2 rc
   # shellcheck disable=SC2046
-  (cd "$WORK" && sipp $(uac_args "$sys") 127.0.0.1:$PORT $UAC_OPTS -error_file "$WORK/smoke-$sys.err" \
+  (cd "$WORK" && "${GEN[@]}" sipp $(uac_args "$sys") 127.0.0.1:$PORT $UAC_OPTS -error_file "$WORK/smoke-$sys.err" \
     -trace_msg -message_file "$WORK/smoke-$sys.msg" -d "$HOLD_MS" -m 1 -timeout 15s -nostdin \
     >/dev/null 2>"$WORK/smoke-$sys.stderr")
   rc=$?
@@ -189,7 +211,7 @@ call_steps() { # system pid
     (cd "$WORK" && python3 "$PERF/bench.py" --system "$1" --label "$1-hold${HOLD_MS}ms" --rate "$R" \
       --calls $((R * STEP_S)) --hold "$HOLD_S" --watch "$2" --peer "$UAS_PID" --out "$OUT" \
       --udp-port $PORT --udp-port $UAS_PORT --udp-port $UAC_PORT --max-s $((STEP_S * 3 + 60)) -- \
-      sipp $(uac_args "$1") 127.0.0.1:$PORT $UAC_OPTS -error_file "$WORK/$1-$R.err" -d "$HOLD_MS" \
+      "${GEN[@]}" sipp $(uac_args "$1") 127.0.0.1:$PORT $UAC_OPTS -error_file "$WORK/$1-$R.err" -d "$HOLD_MS" \
       -timeout $((STEP_S * 3 + 20))s)
     summary
     sleep 3
@@ -202,7 +224,7 @@ run_kamailio() {
   sed -e "s#@CHILDREN@#2#" "$REF/kamailio/proxy.cfg" > "$cfg"
   start_uas kamailio || return 1
   start_checked kamailio "$WORK/kamailio.log" \
-    kamailio -DD -E -m 1024 -M 16 -x tlsf -X tlsf -f "$cfg" -P "$WORK/kamailio.pid" || { stop_uas; return 1; }
+    "${SUT[@]}" kamailio -DD -E -m 1024 -M 16 -x tlsf -X tlsf -f "$cfg" -P "$WORK/kamailio.pid" || { stop_uas; return 1; }
   sleep 2
   smoke kamailio "$WORK/kamailio.log" || { stop_daemon; stop_uas; return 1; }
   call_steps kamailio "$DAEMON_PID"
@@ -212,7 +234,7 @@ run_kamailio() {
 
 start_sipedge() {
   start_checked sipedge "$WORK/sipedge-$1.log" \
-    bash -c "cd '$WORK/sipedge' && exec '$SIPEDGE' run --config '$PERF/calls.toml'"
+    "${SUT[@]}" bash -c "cd '$WORK/sipedge' && exec '$SIPEDGE' run --config '$SIPEDGE_CONFIG'"
 }
 api_post() { # token resource json
   local code
@@ -242,7 +264,7 @@ mem_step() { # on a fresh sipedge: RSS before, and while MEM_CALLS calls are up
   # Warm-up with short calls at low concurrency: code paths and buffers allocated on first use
   # belong in the baseline; per-call tables are not grown by it (a few calls up at a time).
   # shellcheck disable=SC2046
-  (cd "$WORK" && sipp $(uac_args sipedge) 127.0.0.1:$PORT $UAC_OPTS -error_file "$WORK/sipedge-warm.err" \
+  (cd "$WORK" && "${GEN[@]}" sipp $(uac_args sipedge) 127.0.0.1:$PORT $UAC_OPTS -error_file "$WORK/sipedge-warm.err" \
     -d 0 -r 100 -m 200 -timeout 30s -nostdin >/dev/null 2>&1) || echo "warning: warm-up calls failed"
   sleep 3
   # No /metrics scrape between the baseline and the last RSS sample: rendering /metrics clones one
@@ -255,7 +277,7 @@ mem_step() { # on a fresh sipedge: RSS before, and while MEM_CALLS calls are up
     --rate "$MEM_RATE" --calls "$MEM_CALLS" --hold "$(awk "BEGIN{print $MEM_HOLD_MS/1000}")" \
     --watch "$pid" --peer "$UAS_PID" --out "$WORK/mem-step.jsonl" \
     --max-s $((MEM_CALLS / MEM_RATE + MEM_HOLD_MS / 1000 + 60)) -- \
-    sipp $(uac_args sipedge) 127.0.0.1:$PORT $UAC_OPTS -error_file "$WORK/sipedge-mem.err" \
+    "${GEN[@]}" sipp $(uac_args sipedge) 127.0.0.1:$PORT $UAC_OPTS -error_file "$WORK/sipedge-mem.err" \
     -d "$MEM_HOLD_MS" -l "$MEM_CALLS" -timeout $((MEM_CALLS / MEM_RATE + MEM_HOLD_MS / 1000 + 40))s) \
     > "$WORK/mem-step.out" 2>&1 &
   bpid=$!
@@ -314,7 +336,7 @@ EOF
 run_sipedge() {
   [ -x "$SIPEDGE" ] || { echo "error: $SIPEDGE missing"; return 1; }
   mkdir -p "$WORK/sipedge"
-  (cd "$WORK/sipedge" && "$SIPEDGE" check-config "$PERF/calls.toml") || { echo "error: perf/calls.toml rejected"; return 1; }
+  (cd "$WORK/sipedge" && "$SIPEDGE" check-config "$SIPEDGE_CONFIG") || { echo "error: $SIPEDGE_CONFIG rejected"; return 1; }
   start_uas sipedge || return 1
   start_sipedge 1 || { stop_uas; return 1; }
   sleep 1
