@@ -17,6 +17,10 @@
 #   MEDIA_WORKERS=1                  sipedge media threads (rtpengine: THREADS=2, as in the kit)
 #   SKIP_BUILD=                      1: use target/release/sipedge-mediabench as it is
 #   REF=/tmp/sipedge-ref             scratch copy of shared/reference (copied + installed if missing)
+#   PLACEMENT=split                  split: the relay confined to SUT_CPUS, the blaster and the sink
+#                                    (rtp_bench.py) to GEN_CPUS (taskset); free: no taskset (see
+#                                    perf/README.md, "Placement")
+#   SUT_CPUS=0 GEN_CPUS=1            the CPU lists for PLACEMENT=split
 #   OUT=perf/results/media-<date>.jsonl
 set -u
 PERF=$(cd "$(dirname "$0")" && pwd)
@@ -35,6 +39,18 @@ OUT=${OUT:-$PERF/results/media-$STAMP.jsonl}
 BENCH=$ROOT/target/release/sipedge-mediabench
 WORK=$(mktemp -d /tmp/sipedge-media.XXXXXX)
 mkdir -p "$(dirname "$OUT")"
+PLACEMENT=${PLACEMENT:-split}
+SUT_CPUS=${SUT_CPUS:-0}
+GEN_CPUS=${GEN_CPUS:-1}
+SUT=(); GEN=()  # taskset prefixes for the relay and for rtp_bench.py's blaster and sink
+case $PLACEMENT in
+  split)
+    SUT=(taskset -c "$SUT_CPUS"); GEN=(taskset -c "$GEN_CPUS")
+    taskset -c "$SUT_CPUS" true && taskset -c "$GEN_CPUS" true \
+      || { echo "error: SUT_CPUS=$SUT_CPUS or GEN_CPUS=$GEN_CPUS is not a CPU list"; exit 1; } ;;
+  free) ;;
+  *) echo "error: PLACEMENT must be split or free, got '$PLACEMENT'"; exit 1 ;;
+esac
 
 PID=""
 stop_relay() {
@@ -68,13 +84,14 @@ fi
   echo "rtpengine: $(rtpengine --version 2>&1 | head -1)"
   H=$(cat "$ROOT/.git/HEAD" 2>/dev/null); R=${H#ref: }
   echo "commit: $( [ "$R" != "$H" ] && cat "$ROOT/.git/$R" 2>/dev/null || echo "$H")"
+  echo "placement: $PLACEMENT$( [ "$PLACEMENT" = split ] && echo " (relay on CPUs $SUT_CPUS, blaster and sink on CPUs $GEN_CPUS)")"
   echo "env: SYSTEMS='$SYSTEMS' SESSIONS=$SESSIONS RATES='$RATES' STEP_S=$STEP_S MEDIA_WORKERS=$MEDIA_WORKERS THREADS=$THREADS"
 } | tee -a "${OUT%.jsonl}.meta"
 
 steps() { # label streams ports
   for R in $RATES; do
     log "$1: $R pps x ${STEP_S}s over $2 streams"
-    (cd "$REF" && timeout $((STEP_S * 4 + 60)) python3 rtp_bench.py --label "$1" --relay-pid "$PID" \
+    (cd "$REF" && timeout $((STEP_S * 4 + 60)) "${GEN[@]}" python3 rtp_bench.py --label "$1" --relay-pid "$PID" \
       --dst-ports "$3" --streams "$2" --pps "$R" --seconds "$STEP_S" --out "$OUT")
     sleep 1
   done
@@ -86,19 +103,19 @@ for sys in $SYSTEMS; do
       # Every stream to the forwarder's one port; it sends each to the stream's own sink port.
       log "raw forwarder (1 socket, batch 32) to $SESSIONS sink sockets"
       gcc -O2 -o "$WORK/udp_fwd_streams" "$PERF/raw/udp_fwd_streams.c" || { echo "error: gcc failed"; exit 1; }
-      "$WORK/udp_fwd_streams" 40000 50000 "$SESSIONS" 900 900 >"$WORK/raw-streams.log" 2>&1 &
+      "${SUT[@]}" "$WORK/udp_fwd_streams" 40000 50000 "$SESSIONS" 900 900 >"$WORK/raw-streams.log" 2>&1 &
       PID=$!; sleep 0.5
       steps raw-fwd-streams "$SESSIONS" "$(python3 -c "print(','.join(['40000'] * $SESSIONS))")"
       ;;
     raw)
       log "raw forwarder (1 socket, batch 32)"
-      "$REF/bin/udp_fwd" 40000 50000 900 900 >"$WORK/raw.log" 2>&1 &
+      "${SUT[@]}" "$REF/bin/udp_fwd" 40000 50000 900 900 >"$WORK/raw.log" 2>&1 &
       PID=$!; sleep 0.5
       steps raw-udp-fwd 1 40000
       ;;
     rtpengine)
       log "rtpengine userspace, $THREADS threads, $SESSIONS sessions"
-      rtpengine --config-file=none --foreground --log-stderr --interface=127.0.0.1 \
+      "${SUT[@]}" rtpengine --config-file=none --foreground --log-stderr --interface=127.0.0.1 \
         --listen-ng=127.0.0.1:22222 --port-min=10000 --port-max=29999 --table=-1 \
         --num-threads="$THREADS" --timeout=600 --log-level=5 2>"$WORK/rtpengine.log" &
       PID=$!; sleep 1.5
@@ -108,7 +125,7 @@ for sys in $SYSTEMS; do
     sipedge)
       log "sipedge media relay, $MEDIA_WORKERS media thread(s), $SESSIONS sessions"
       MAX_S=$(( (STEP_S * 4 + 20) * 6 + 60 ))
-      "$BENCH" --sessions "$SESSIONS" --workers "$MEDIA_WORKERS" --port-min 10000 --seconds "$MAX_S" \
+      "${SUT[@]}" "$BENCH" --sessions "$SESSIONS" --workers "$MEDIA_WORKERS" --port-min 10000 --seconds "$MAX_S" \
         >"$WORK/sipedge.out" 2>"$WORK/sipedge.log" &
       PID=$!
       for _ in $(seq 100); do grep -q '^ready' "$WORK/sipedge.out" 2>/dev/null && break; sleep 0.1; done
