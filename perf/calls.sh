@@ -65,22 +65,8 @@ CALLER=+15551230001
 CALLED=+4930123456
 WORK=$(mktemp -d /tmp/sipedge-calls.XXXXXX)
 mkdir -p "$(dirname "$OUT")"
-PLACEMENT=${PLACEMENT:-split}
-SUT_CPUS=${SUT_CPUS:-0}
-GEN_CPUS=${GEN_CPUS:-1}
-# taskset prefixes for the system under test (SUT) and the sipp peers (GEN)
-SUT=(); GEN=()
-SIPEDGE_CONFIG=$PERF/calls.toml
-case $PLACEMENT in
-  split)
-    SUT=(taskset -c "$SUT_CPUS"); GEN=(taskset -c "$GEN_CPUS")
-    SUT_N=$(taskset -c "$SUT_CPUS" nproc) || { echo "error: SUT_CPUS=$SUT_CPUS is not a CPU list"; exit 1; }
-    taskset -c "$GEN_CPUS" true || { echo "error: GEN_CPUS=$GEN_CPUS is not a CPU list"; exit 1; }
-    SIPEDGE_CONFIG=$WORK/calls.toml
-    sed -e "s/^workers = 2 /workers = $SUT_N /" "$PERF/calls.toml" > "$SIPEDGE_CONFIG" ;;
-  free) ;;
-  *) echo "error: PLACEMENT must be split or free, got '$PLACEMENT'"; exit 1 ;;
-esac
+. "$PERF/placement.sh"
+placement_setup "$PERF/calls.toml"
 HOLD_S=$(awk "BEGIN{print $HOLD_MS/1000}")
 NRATES=$(echo $RATES | wc -w)
 # the UAS lives through all steps of one system (+ smoke, memory step, pauses)
@@ -139,7 +125,7 @@ done
   H=$(cat "$ROOT/.git/HEAD" 2>/dev/null); R=${H#ref: }
   echo "commit: $( [ "$R" != "$H" ] && cat "$ROOT/.git/$R" 2>/dev/null || echo "$H")"
   echo "sipedge binary: $(stat -c '%y %s bytes' "$SIPEDGE" 2>/dev/null)"
-  echo "placement: $PLACEMENT$( [ "$PLACEMENT" = split ] && echo " (system under test on CPUs $SUT_CPUS, sipp peers on CPUs $GEN_CPUS)")"
+  placement_meta
   echo "env: SYSTEMS='$SYSTEMS' RATES='$RATES' STEP_S=$STEP_S HOLD_MS=$HOLD_MS MEM_STEP=$MEM_STEP MEM_CALLS=$MEM_CALLS MEM_RATE=$MEM_RATE MEM_HOLD_MS=$MEM_HOLD_MS"
 } | tee -a "${OUT%.jsonl}.meta"
 

@@ -39,18 +39,8 @@ OUT=${OUT:-$PERF/results/media-$STAMP.jsonl}
 BENCH=$ROOT/target/release/sipedge-mediabench
 WORK=$(mktemp -d /tmp/sipedge-media.XXXXXX)
 mkdir -p "$(dirname "$OUT")"
-PLACEMENT=${PLACEMENT:-split}
-SUT_CPUS=${SUT_CPUS:-0}
-GEN_CPUS=${GEN_CPUS:-1}
-SUT=(); GEN=()  # taskset prefixes for the relay and for rtp_bench.py's blaster and sink
-case $PLACEMENT in
-  split)
-    SUT=(taskset -c "$SUT_CPUS"); GEN=(taskset -c "$GEN_CPUS")
-    taskset -c "$SUT_CPUS" true && taskset -c "$GEN_CPUS" true \
-      || { echo "error: SUT_CPUS=$SUT_CPUS or GEN_CPUS=$GEN_CPUS is not a CPU list"; exit 1; } ;;
-  free) ;;
-  *) echo "error: PLACEMENT must be split or free, got '$PLACEMENT'"; exit 1 ;;
-esac
+. "$PERF/placement.sh"
+placement_setup
 
 PID=""
 stop_relay() {
@@ -84,7 +74,7 @@ fi
   echo "rtpengine: $(rtpengine --version 2>&1 | head -1)"
   H=$(cat "$ROOT/.git/HEAD" 2>/dev/null); R=${H#ref: }
   echo "commit: $( [ "$R" != "$H" ] && cat "$ROOT/.git/$R" 2>/dev/null || echo "$H")"
-  echo "placement: $PLACEMENT$( [ "$PLACEMENT" = split ] && echo " (relay on CPUs $SUT_CPUS, blaster and sink on CPUs $GEN_CPUS)")"
+  placement_meta
   echo "env: SYSTEMS='$SYSTEMS' SESSIONS=$SESSIONS RATES='$RATES' STEP_S=$STEP_S MEDIA_WORKERS=$MEDIA_WORKERS THREADS=$THREADS"
 } | tee -a "${OUT%.jsonl}.meta"
 

@@ -44,9 +44,6 @@ LG_SOCKETS=${LG_SOCKETS:-8}
 USERS=${USERS:-2000}
 PROVISION=${PROVISION:-auto}
 REF=${REF:-/tmp/sipedge-ref}
-PLACEMENT=${PLACEMENT:-split}
-SUT_CPUS=${SUT_CPUS:-0}
-GEN_CPUS=${GEN_CPUS:-1}
 REF_SRC=${REF_SRC:-$ROOT/../shared/reference}
 [ -d "$REF_SRC" ] || REF_SRC=/work/shared/reference
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -58,20 +55,8 @@ ADMIN=127.0.0.1:8090
 WORK=$(mktemp -d /tmp/sipedge-perf.XXXXXX)
 mkdir -p "$(dirname "$OUT")"
 
-# taskset prefixes for the systems under test (SUT) and the load generators (GEN)
-SUT=(); GEN=()
-SIPEDGE_CONFIG=$PERF/register.toml
-case $PLACEMENT in
-  split)
-    SUT=(taskset -c "$SUT_CPUS"); GEN=(taskset -c "$GEN_CPUS")
-    # one worker per CPU the system under test may use
-    SUT_N=$(taskset -c "$SUT_CPUS" nproc) || { echo "error: SUT_CPUS=$SUT_CPUS is not a CPU list"; exit 1; }
-    taskset -c "$GEN_CPUS" true || { echo "error: GEN_CPUS=$GEN_CPUS is not a CPU list"; exit 1; }
-    SIPEDGE_CONFIG=$WORK/register.toml
-    sed -e "s/^workers = 2 /workers = $SUT_N /" "$PERF/register.toml" > "$SIPEDGE_CONFIG" ;;
-  free) ;;
-  *) echo "error: PLACEMENT must be split or free, got '$PLACEMENT'"; exit 1 ;;
-esac
+. "$PERF/placement.sh"
+placement_setup "$PERF/register.toml"
 
 DAEMON_PID=""
 stop_daemon() {
@@ -123,7 +108,7 @@ USERS_CSV=$WORK/users/users.csv
   # the commit without running git: .git/HEAD -> ref file (or a detached hash)
   H=$(cat "$ROOT/.git/HEAD" 2>/dev/null); R=${H#ref: }
   echo "commit: $( [ "$R" != "$H" ] && cat "$ROOT/.git/$R" 2>/dev/null || echo "$H")"
-  echo "placement: $PLACEMENT$( [ "$PLACEMENT" = split ] && echo " (systems under test on CPUs $SUT_CPUS, load generators on CPUs $GEN_CPUS)")"
+  placement_meta
   echo "env: SYSTEMS='$SYSTEMS' RATES='$RATES' LG_RATES='$LG_RATES' STEP_S=$STEP_S USERS=$USERS LAT_RATES='$LAT_RATES' HALF_S=$HALF_S LG_SOCKETS=$LG_SOCKETS"
 } | tee -a "${OUT%.jsonl}.meta"
 
