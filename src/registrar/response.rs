@@ -59,17 +59,15 @@ pub fn write_answer(
         }
         Answer::Bindings => {
             // The current bindings, with their remaining time (RFC 3261 §10.3 step 8).
-            {
-                let user = std::str::from_utf8(req.to.uri.user.unwrap_or_default()).unwrap_or("");
-                let realm = std::str::from_utf8(realm).unwrap_or("");
-                for b in reg.bindings_of(user, realm) {
-                    let left = b.expires_at_ms.saturating_sub(now_ms).div_ceil(1000);
-                    out.extend_from_slice(b"Contact: <");
-                    out.extend_from_slice(b.contact.as_bytes());
-                    out.extend_from_slice(b">;expires=");
-                    push_u64(out, left);
-                    out.extend_from_slice(b"\r\n");
-                }
+            let user = std::str::from_utf8(req.to.uri.user.unwrap_or_default()).unwrap_or("");
+            let realm = std::str::from_utf8(realm).unwrap_or("");
+            for b in reg.bindings_of(user, realm) {
+                let left = b.expires_at_ms.saturating_sub(now_ms).div_ceil(1000);
+                out.extend_from_slice(b"Contact: <");
+                out.extend_from_slice(b.contact.as_bytes());
+                out.extend_from_slice(b">;expires=");
+                push_u64(out, left);
+                out.extend_from_slice(b"\r\n");
             }
         }
         Answer::IntervalTooBrief { min } => header_u64(out, b"Min-Expires", u64::from(*min)),
