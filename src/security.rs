@@ -20,7 +20,7 @@ use std::net::IpAddr;
 pub struct ScannerMatcher {
     patterns: Vec<Box<[u8]>>,
     finders: Vec<memchr::memmem::Finder<'static>>,
-    /// First bytes of the patterns.
+    /// First bytes of the patterns, in both cases.
     starts: [bool; 256],
 }
 
@@ -42,6 +42,7 @@ impl ScannerMatcher {
         for p in &patterns {
             if let Some(&b) = p.first() {
                 starts[usize::from(b)] = true;
+                starts[usize::from(b.to_ascii_uppercase())] = true;
             }
         }
         ScannerMatcher {
@@ -55,21 +56,60 @@ impl ScannerMatcher {
         if self.patterns.is_empty() {
             return false;
         }
-        // Lower-case once into a stack buffer (User-Agents are short; a longer one is checked on
-        // its first 256 bytes, where scanners put their name).
+        if user_agent.len() <= SHORT_USER_AGENT {
+            // Position by position, folding case as we go: only positions whose byte starts a
+            // pattern compare anything, so a typical User-Agent costs a table lookup per byte.
+            for i in 0..user_agent.len() {
+                if self.starts[usize::from(user_agent[i])]
+                    && self
+                        .patterns
+                        .iter()
+                        .any(|p| starts_with_folded(&user_agent[i..], p))
+                {
+                    return true;
+                }
+            }
+            return false;
+        }
+        self.matches_long(user_agent)
+    }
+
+    /// Long User-Agents: lower-cased once into a stack buffer (checked on their first 256 bytes,
+    /// where scanners put their name) and searched with memmem. Out of line, so the short path
+    /// does not pay for the buffer.
+    #[inline(never)]
+    fn matches_long(&self, user_agent: &[u8]) -> bool {
         let mut buf = [0u8; 256];
         let n = user_agent.len().min(buf.len());
         for (d, s) in buf.iter_mut().zip(&user_agent[..n]) {
             *d = s.to_ascii_lowercase();
         }
-        let ua = &buf[..n];
-        if n > SHORT_USER_AGENT {
-            return self.finders.iter().any(|f| f.find(ua).is_some());
-        }
-        (0..n).any(|i| {
-            self.starts[usize::from(ua[i])] && self.patterns.iter().any(|p| ua[i..].starts_with(p))
-        })
+        self.finders.iter().any(|f| f.find(&buf[..n]).is_some())
     }
+}
+
+/// `text` starts with the lower-case `pattern`, ignoring ASCII case; stops at the first
+/// difference (near misses such as `sipedge` against `sipvicious` differ within a few bytes).
+fn starts_with_folded(text: &[u8], pattern: &[u8]) -> bool {
+    /// ASCII lower case by table: one load, where `to_ascii_lowercase` is a compare and a select.
+    static LOWER: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = (i as u8).to_ascii_lowercase();
+            i += 1;
+        }
+        t
+    };
+    if text.len() < pattern.len() {
+        return false;
+    }
+    for (k, &p) in pattern.iter().enumerate() {
+        if LOWER[usize::from(text[k])] != p {
+            return false;
+        }
+    }
+    true
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -213,6 +213,7 @@ pub struct Registrar {
     expired_scratch: Vec<u32>,
     dirty: Vec<u32>,
     active: usize,
+    ha2: digest::Ha2Memo,
 }
 
 impl Registrar {
@@ -230,6 +231,7 @@ impl Registrar {
             expired_scratch: Vec::new(),
             dirty: Vec::new(),
             active: 0,
+            ha2: digest::Ha2Memo::default(),
         }
     }
 
@@ -554,7 +556,8 @@ impl Registrar {
         } else {
             hashes.ha1.as_bytes()
         };
-        if !digest::verify(alg, ha1, method, auth.uri, auth.nonce, qop, auth.response) {
+        let ha2 = self.ha2.get(alg, method, auth.uri);
+        if !digest::verify_with_ha2(alg, ha1, &ha2, auth.nonce, qop, auth.response) {
             return Err((Answer::Forbidden, auth_failed));
         }
         let nc = match qop {
@@ -856,8 +859,12 @@ fn same_uri(a: &[u8], b: &[u8]) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
-/// Reuses the String's capacity (a refresh does not allocate).
+/// Reuses the String's capacity (a refresh does not allocate), and leaves it alone when the
+/// refresh carries the same bytes, as re-registrations nearly always do (no UTF-8 check).
 fn set_lossy(s: &mut String, bytes: &[u8]) {
+    if s.as_bytes() == bytes {
+        return;
+    }
     s.clear();
     match std::str::from_utf8(bytes) {
         Ok(t) => s.push_str(t),

@@ -8,6 +8,7 @@
 use hmac::{Hmac, Mac};
 use md5::Md5;
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -104,17 +105,40 @@ fn write_hex(src: &[u8], dst: &mut [u8]) {
     }
 }
 
-/// Value of one lower-case hex digit; upper case and anything else is None.
-fn lower_hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+/// Value of each lower-case hex digit; 0xff for upper case and anything else.
+static LOWER_HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
-/// H(p0 p1 ... pn) streamed, no concatenation buffer.
+/// A digest input up to this long is hashed from one stack buffer (request-digest inputs are
+/// ~150 bytes).
+const GATHER: usize = 384;
+
+/// H(p0 p1 ... pn). The parts are gathered into one stack buffer when they fit, so the hash
+/// takes one `update` rather than one per part (each pays the block buffer's bookkeeping);
+/// longer inputs are streamed.
 fn hash_parts(alg: Algorithm, parts: &[&[u8]]) -> Hex {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    if total <= GATHER {
+        let mut buf = [0u8; GATHER];
+        let mut n = 0;
+        for p in parts {
+            buf[n..n + p.len()].copy_from_slice(p);
+            n += p.len();
+        }
+        return hash_one(alg, &buf[..n]);
+    }
     match alg {
         Algorithm::Md5 => {
             let mut d = Md5::new();
@@ -130,6 +154,13 @@ fn hash_parts(alg: Algorithm, parts: &[&[u8]]) -> Hex {
             }
             Hex::from_digest(&d.finalize())
         }
+    }
+}
+
+fn hash_one(alg: Algorithm, input: &[u8]) -> Hex {
+    match alg {
+        Algorithm::Md5 => Hex::from_digest(&Md5::digest(input)),
+        Algorithm::Sha256 => Hex::from_digest(&Sha256::digest(input)),
     }
 }
 
@@ -167,9 +198,25 @@ pub fn response(
     nonce: &[u8],
     qop: Option<Qop<'_>>,
 ) -> Hex {
+    response_with_ha2(alg, ha1_hex, &ha2(alg, method, uri), nonce, qop)
+}
+
+/// HA2 = H(A2) with A2 = Method ":" digest-uri-value (RFC 2617 §3.2.2.3, qop=auth or none).
+/// Every REGISTER of a realm hashes the same A2, so callers may keep it (see [`Ha2Memo`]).
+pub fn ha2(alg: Algorithm, method: &[u8], uri: &[u8]) -> Hex {
     //= https://www.rfc-editor.org/rfc/rfc2617#section-3.2.2.3
     //# A2 = Method ":" digest-uri-value
-    let ha2 = hash_parts(alg, &[method, b":", uri]);
+    hash_parts(alg, &[method, b":", uri])
+}
+
+/// [`response`] with HA2 already computed.
+pub fn response_with_ha2(
+    alg: Algorithm,
+    ha1_hex: &[u8],
+    ha2: &Hex,
+    nonce: &[u8],
+    qop: Option<Qop<'_>>,
+) -> Hex {
     //= https://www.rfc-editor.org/rfc/rfc2617#section-3.2.2.1
     //# request-digest = <"> < KD ( H(A1), unq(nonce-value) ":" nc-value ":" unq(cnonce-value)
     //#                      ":" unq(qop-value) ":" H(A2) ) <">
@@ -195,6 +242,49 @@ pub fn response(
     }
 }
 
+/// The last HA2 computed, with what it was computed from: a registrar sees the same method and
+/// digest URI (`REGISTER`, `sip:<realm>`) in nearly every request, and a hit saves a hash.
+#[derive(Default)]
+pub struct Ha2Memo {
+    /// (algorithm, method ++ uri, method length, HA2)
+    last: Option<(Algorithm, SmallVec<[u8; 64]>, usize, Hex)>,
+}
+
+impl Ha2Memo {
+    pub fn get(&mut self, alg: Algorithm, method: &[u8], uri: &[u8]) -> Hex {
+        if let Some((a, key, split, h)) = &self.last {
+            let (m, u) = key.split_at(*split);
+            if *a == alg && m == method && u == uri {
+                return *h;
+            }
+        }
+        let h = ha2(alg, method, uri);
+        let mut key = SmallVec::new();
+        key.extend_from_slice(method);
+        key.extend_from_slice(uri);
+        self.last = Some((alg, key, method.len(), h));
+        h
+    }
+}
+
+/// Constant-time check of the client's response against the expected one (case-insensitive
+/// hex), HA2 given.
+pub fn verify_with_ha2(
+    alg: Algorithm,
+    ha1_hex: &[u8],
+    ha2: &Hex,
+    nonce: &[u8],
+    qop: Option<Qop<'_>>,
+    client_response: &[u8],
+) -> bool {
+    // The length is public (it is fixed by the algorithm), only the content must not leak.
+    if client_response.len() != alg.hex_len() {
+        return false;
+    }
+    let expected = response_with_ha2(alg, ha1_hex, ha2, nonce, qop);
+    ct_eq_hex_ci(expected.as_bytes(), client_response)
+}
+
 /// Constant-time comparison of the expected response with the client's (case-insensitive hex).
 pub fn verify(
     alg: Algorithm,
@@ -205,12 +295,14 @@ pub fn verify(
     qop: Option<Qop<'_>>,
     client_response: &[u8],
 ) -> bool {
-    // The length is public (it is fixed by the algorithm), only the content must not leak.
-    if client_response.len() != alg.hex_len() {
-        return false;
-    }
-    let expected = response(alg, ha1_hex, method, uri, nonce, qop);
-    ct_eq_hex_ci(expected.as_bytes(), client_response)
+    verify_with_ha2(
+        alg,
+        ha1_hex,
+        &ha2(alg, method, uri),
+        nonce,
+        qop,
+        client_response,
+    )
 }
 
 /// Constant-time equality of lower-case `expected` with `client`, folding client A-F to a-f
@@ -367,11 +459,15 @@ impl NonceKey {
             return NonceCheck::Forged;
         }
         let mut raw = [0u8; NONCE_RAW_LEN];
-        for (i, pair) in nonce.chunks_exact(2).enumerate() {
-            match (lower_hex_val(pair[0]), lower_hex_val(pair[1])) {
-                (Some(hi), Some(lo)) => raw[i] = (hi << 4) | lo,
-                _ => return NonceCheck::Forged,
-            }
+        let mut bad = 0u8;
+        for (r, pair) in raw.iter_mut().zip(nonce.chunks_exact(2)) {
+            let (hi, lo) = (LOWER_HEX[pair[0] as usize], LOWER_HEX[pair[1] as usize]);
+            bad |= hi | lo;
+            *r = (hi << 4) | (lo & 0x0f);
+        }
+        // A non-digit is 0xff, so bit 4 (never set in a digit's value) flags it.
+        if bad & 0x10 != 0 {
+            return NonceCheck::Forged;
         }
         let mut head = [0u8; 12];
         head.copy_from_slice(&raw[..12]);
@@ -398,7 +494,11 @@ impl NonceKey {
 pub fn nonce_order(nonce: &[u8]) -> Option<(u64, u32)> {
     let mut v: u128 = 0;
     for &c in nonce.get(..24)? {
-        v = (v << 4) | u128::from(lower_hex_val(c)?);
+        let d = LOWER_HEX[c as usize];
+        if d > 0x0f {
+            return None;
+        }
+        v = (v << 4) | u128::from(d);
     }
     Some(((v >> 32) as u64, v as u32))
 }
@@ -895,5 +995,22 @@ mod tests {
         assert_eq!(format!("{h:?}"), h.as_str());
         let n = key(0).mint(1, 1);
         assert_eq!(format!("{n:?}"), n.text().as_str());
+    }
+
+    #[test]
+    fn ha2_memo_answers_like_ha2() {
+        let mut memo = Ha2Memo::default();
+        let cases: [(Algorithm, &[u8], &[u8]); 6] = [
+            (Algorithm::Md5, b"REGISTER", b"sip:sbc.test"),
+            (Algorithm::Md5, b"REGISTER", b"sip:sbc.test"),
+            // Same bytes run together, split elsewhere: a different A2.
+            (Algorithm::Md5, b"REGISTERs", b"ip:sbc.test"),
+            (Algorithm::Sha256, b"REGISTERs", b"ip:sbc.test"),
+            (Algorithm::Md5, b"INVITE", b"sip:+15551234567@sbc.test"),
+            (Algorithm::Md5, b"REGISTER", b"sip:sbc.test"),
+        ];
+        for (alg, method, uri) in cases {
+            assert_eq!(memo.get(alg, method, uri), ha2(alg, method, uri));
+        }
     }
 }

@@ -285,9 +285,24 @@ fn has(b: u8, class: u8) -> bool {
     CLASS[b as usize] & class != 0
 }
 
+/// The classes of four bytes AND-ed: bit `class` survives only if all four are in it. The
+/// span helpers below step four bytes at a time with it, where a byte loop pays a bounds check
+/// and a branch per byte; header values are mostly long runs of one class (branch, tags,
+/// Call-ID, host names).
+#[inline(always)]
+fn all4(w: &[u8], class: u8) -> bool {
+    w.len() == 4
+        && CLASS[w[0] as usize]
+            & CLASS[w[1] as usize]
+            & CLASS[w[2] as usize]
+            & CLASS[w[3] as usize]
+            & class
+            != 0
+}
+
 #[inline]
 fn all_in(s: &[u8], class: u8) -> bool {
-    s.iter().all(|&b| has(b, class))
+    class_end(s, 0, class) == s.len()
 }
 
 /// Every `%` is followed by two hex digits (RFC 3261 `escaped`).
@@ -304,7 +319,8 @@ fn escapes_ok(s: &[u8]) -> bool {
 }
 
 /// Every byte in `class`, and every `%` an escape. One pass; the escape walk only runs when a
-/// `%` was seen, which is rare in real traffic.
+/// `%` was seen, which is rare in real traffic. (A byte loop: the parts are mostly a few bytes,
+/// too short for the four-byte steps of `class_end` to pay.)
 #[inline]
 fn valid_part(s: &[u8], class: u8) -> bool {
     let mut pct = false;
@@ -321,14 +337,28 @@ fn valid_part(s: &[u8], class: u8) -> bool {
 /// set-up; the URI and name-addr pieces it searches are nearly always that short.
 const SHORT: usize = 32;
 
-/// `memchr` for the short slices of header values.
+/// `memchr` for the short slices of header values: eight bytes at a time in a register (the
+/// classic has-zero-byte test on `word ^ pattern`; its lowest flagged byte is always exact).
 #[inline]
 fn find(b: u8, s: &[u8]) -> Option<usize> {
-    if s.len() < SHORT {
-        s.iter().position(|&c| c == b)
-    } else {
-        memchr(b, s)
+    if s.len() >= SHORT {
+        return memchr(b, s);
     }
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let pattern = LOW * u64::from(b);
+    let mut i = 0;
+    while let Some(w) = s.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(w);
+        let x = u64::from_le_bytes(word) ^ pattern;
+        let zero = x.wrapping_sub(LOW) & !x & HIGH;
+        if zero != 0 {
+            return Some(i + (zero.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    s.get(i..)?.iter().position(|&c| c == b).map(|p| i + p)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -348,8 +378,13 @@ fn skip_ws(s: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// The end of the run of `class` bytes (a single-bit class) starting at `i`.
 #[inline]
 fn class_end(s: &[u8], mut i: usize, class: u8) -> usize {
+    debug_assert!(class.is_power_of_two());
+    while s.get(i..i + 4).is_some_and(|w| all4(w, class)) {
+        i += 4;
+    }
     while s.get(i).is_some_and(|&b| has(b, class)) {
         i += 1;
     }
@@ -358,6 +393,12 @@ fn class_end(s: &[u8], mut i: usize, class: u8) -> usize {
 
 #[inline]
 fn token_end(s: &[u8], mut i: usize) -> usize {
+    while s.get(i..i + 4).is_some_and(|w| {
+        w.len() == 4
+            && is_token_char(w[0]) & is_token_char(w[1]) & is_token_char(w[2]) & is_token_char(w[3])
+    }) {
+        i += 4;
+    }
     while s.get(i).is_some_and(|&b| is_token_char(b)) {
         i += 1;
     }
@@ -1112,6 +1153,7 @@ fn is_sip_date(v: &[u8]) -> bool {
 }
 
 /// `callid = word [ "@" word ]`; any count of "@" is tolerated, but no whitespace or controls.
+#[inline]
 fn is_call_id(v: &[u8]) -> bool {
     !v.is_empty() && all_in(v, WORD)
 }
@@ -1147,9 +1189,9 @@ fn once<'a>(
 
 /// One pass over the headers: records single-value headers (duplicates are errors), the first
 /// Via, and for requests checks every Contact (TC_REGBADCT) and Date (TC_BADDATE).
+/// Fills `m` (not returned by value: it holds the contact list, and a move is a memcpy).
 #[inline(always)]
-fn collect<'a>(msg: &Message<'a>, request: bool) -> Result<Mandatory<'a>, HeaderError> {
-    let mut m = Mandatory::default();
+fn collect<'a>(msg: &Message<'a>, request: bool, m: &mut Mandatory<'a>) -> Result<(), HeaderError> {
     for h in msg.headers.iter() {
         match h.name {
             HeaderName::Via => {
@@ -1176,7 +1218,7 @@ fn collect<'a>(msg: &Message<'a>, request: bool) -> Result<Mandatory<'a>, Header
             _ => {}
         }
     }
-    Ok(m)
+    Ok(())
 }
 
 /// The parts common to requests and responses, after the one-pass collection.
@@ -1250,7 +1292,8 @@ pub fn request_headers<'a>(msg: &Message<'a>) -> Result<RequestHeaders<'a>, Head
     if uri.is_sip() && uri.params.contains(&b'?') {
         return Err(HeaderError::RequestUri);
     }
-    let mut m = collect(msg, true)?;
+    let mut m = Mandatory::default();
+    collect(msg, true, &mut m)?;
     let c = common(&m)?;
     let max_forwards = match m.max_forwards {
         None => None,
@@ -1293,7 +1336,9 @@ pub fn response_headers<'a>(msg: &Message<'a>) -> Result<ResponseHeaders<'a>, He
         StartLine::Request { .. } => return Err(HeaderError::Malformed("Status-Line")),
     };
     // scan has already refused a response in another version than SIP/2.0
-    let c = common(&collect(msg, false)?)?;
+    let mut m = Mandatory::default();
+    collect(msg, false, &mut m)?;
+    let c = common(&m)?;
     Ok(ResponseHeaders {
         code,
         via: c.via,

@@ -528,6 +528,15 @@ fn parse_content_length(value: &[u8]) -> Result<usize, ScanError> {
 /// Content-Length header must be a valid number; the first one frames the body (duplicates are
 /// reported by `headers::request_headers` / `response_headers` so a 400 can still be sent).
 pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
+    let mut msg = Message::empty();
+    scan_into(buf, &mut msg)?;
+    Ok(msg)
+}
+
+/// [`scan`] into a message the caller holds, for the receive path: returning the ~1 KB
+/// `Message` by value costs a memcpy per datagram. On an error `msg` holds what was scanned
+/// before it and must not be used.
+pub fn scan_into<'a>(buf: &'a [u8], msg: &mut Message<'a>) -> Result<(), ScanError> {
     //= https://www.rfc-editor.org/rfc/rfc3261#section-7.5
     //# implementations processing SIP messages over stream-oriented transports MUST ignore any
     //# CRLF appearing before the start-line
@@ -545,7 +554,9 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
         Line::BareCr => return Err(ScanError::StartLine),
     };
 
-    let mut headers: SmallVec<[Header<'_>; INLINE_HEADERS]> = SmallVec::new();
+    msg.start = start;
+    let headers = &mut msg.headers;
+    headers.clear();
     let mut content_length: Option<usize> = None;
     loop {
         match buf.get(pos) {
@@ -622,19 +633,27 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
     //# If the transport packet ends before the end of the message body, this is considered an
     //# error.
     let rest = buf.get(pos..).unwrap_or(&[]);
-    let (body, len) = match content_length {
+    (msg.body, msg.len) = match content_length {
         Some(n) => (rest.get(..n).ok_or(ScanError::Truncated)?, pos + n),
         None => (rest, buf.len()),
     };
-    Ok(Message {
-        start,
-        headers,
-        body,
-        len,
-    })
+    Ok(())
 }
 
 impl<'a> Message<'a> {
+    /// A message with no headers, for [`scan_into`] to fill.
+    pub fn empty() -> Message<'a> {
+        Message {
+            start: StartLine::Response {
+                code: 0,
+                reason: &[],
+            },
+            headers: SmallVec::new(),
+            body: &[],
+            len: 0,
+        }
+    }
+
     /// Value of the first header with this name.
     pub fn header(&self, name: HeaderName) -> Option<&'a [u8]> {
         self.headers

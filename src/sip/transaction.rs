@@ -54,13 +54,11 @@ const MAGIC_COOKIE: &[u8] = b"z9hG4bK";
 
 impl TxnKeyHasher {
     pub fn key(&self, req: &RequestHeaders<'_>, request_uri: &[u8]) -> TxnKey {
-        let mut ha = self.a.build_hasher();
-        let mut hb = self.b.build_hasher();
-        let mut feed = |bytes: &[u8]| {
-            ha.write(bytes);
-            ha.write_u8(0xff);
-            hb.write(bytes);
-            hb.write_u8(0xff);
+        let mut g = Gather {
+            buf: [0; GATHER_BYTES],
+            len: 0,
+            ha: self.a.build_hasher(),
+            hb: self.b.build_hasher(),
         };
         //= https://www.rfc-editor.org/rfc/rfc3261#section-17.2.3
         //# the method of the request matches the one that created the transaction, except
@@ -76,27 +74,74 @@ impl TxnKeyHasher {
                 //# header field of the request that created the transaction, and
                 //# 2. the sent-by value in the top Via of the request is equal to the one in
                 //# the request that created the transaction
-                feed(branch);
-                feed(req.via.host);
-                feed(&req.via.port.unwrap_or(0).to_be_bytes());
-                feed(method);
+                g.feed(branch);
+                g.feed(req.via.host);
+                g.feed(&req.via.port.unwrap_or(0).to_be_bytes());
+                g.feed(method);
             }
             _ => {
                 //= https://www.rfc-editor.org/rfc/rfc3261#section-17.2.3
                 //# the Request-URI, To tag, From tag, Call-ID, CSeq, and top Via header field
                 //# match those of the INVITE request which created the transaction
-                feed(request_uri);
-                feed(req.to.tag.unwrap_or_default());
-                feed(req.from.tag.unwrap_or_default());
-                feed(req.call_id);
-                feed(&req.cseq.seq.to_be_bytes());
-                feed(req.via.raw);
-                feed(method);
+                g.feed(request_uri);
+                g.feed(req.to.tag.unwrap_or_default());
+                g.feed(req.from.tag.unwrap_or_default());
+                g.feed(req.call_id);
+                g.feed(&req.cseq.seq.to_be_bytes());
+                g.feed(req.via.raw);
+                g.feed(method);
             }
         }
+        g.finish()
+    }
+}
+
+/// Room for a usual RFC 3261 key (branch, host, port, method: ~60 bytes) in one piece.
+const GATHER_BYTES: usize = 128;
+
+/// The key's fields, each prefixed with its length (so no two field lists hash alike by running
+/// together), gathered into one buffer: hashing one slice costs each hasher a few wide steps
+/// where feeding it field by field cost a step per field and per separator. Fields that do not
+/// fit are passed on as they come; the split depends only on the field lengths, so equal field
+/// lists still give equal keys.
+struct Gather {
+    buf: [u8; GATHER_BYTES],
+    len: usize,
+    ha: foldhash::quality::FoldHasher,
+    hb: foldhash::quality::FoldHasher,
+}
+
+impl Gather {
+    fn feed(&mut self, bytes: &[u8]) {
+        let prefix = (bytes.len() as u32).to_le_bytes();
+        if self.len + prefix.len() + bytes.len() > GATHER_BYTES {
+            self.spill();
+        }
+        if prefix.len() + bytes.len() > GATHER_BYTES {
+            for h in [&mut self.ha, &mut self.hb] {
+                h.write(&prefix);
+                h.write(bytes);
+            }
+            return;
+        }
+        let at = self.len;
+        self.buf[at..at + prefix.len()].copy_from_slice(&prefix);
+        self.buf[at + prefix.len()..at + prefix.len() + bytes.len()].copy_from_slice(bytes);
+        self.len = at + prefix.len() + bytes.len();
+    }
+
+    fn spill(&mut self) {
+        let gathered = &self.buf[..self.len];
+        self.ha.write(gathered);
+        self.hb.write(gathered);
+        self.len = 0;
+    }
+
+    fn finish(&mut self) -> TxnKey {
+        self.spill();
         TxnKey {
-            hi: ha.finish(),
-            lo: hb.finish(),
+            hi: self.ha.finish(),
+            lo: self.hb.finish(),
         }
     }
 }

@@ -42,12 +42,22 @@ pub fn reason(code: u16) -> &'static str {
 /// left-aligned in a fixed 20-byte block, the whole block is appended (a fixed-size copy the
 /// compiler inlines) and the tail cut off again.
 pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = 1;
-    let mut m = n;
-    while m >= 10 {
-        m /= 10;
-        digits += 1;
-    }
+    // Counted by comparison for the usual few digits: a division per digit costs more.
+    let digits = match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1_000..=9_999 => 4,
+        10_000..=99_999 => 5,
+        _ => {
+            let (mut d, mut m) = (6, n / 1_000_000);
+            while m > 0 {
+                m /= 10;
+                d += 1;
+            }
+            d
+        }
+    };
     let mut tmp = [0u8; 20];
     for d in tmp[..digits].iter_mut().rev() {
         *d = b'0' + (n % 10) as u8;
@@ -112,12 +122,18 @@ pub fn push_socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
 /// the source address (always when `rport` was asked for, else when it differs from the sent-by
 /// host) and a bare `rport` gets the source port. Existing `received`/`rport` are replaced.
 fn push_top_via(out: &mut Vec<u8>, via_parm: &[u8], src: SocketAddr) {
-    let mut parts = via_parm.split(|&b| b == b';');
-    let sent_by_part = parts.next().unwrap_or_default();
+    // Parameters are found by jumping between `;`s (a via-parm has two or three), not by
+    // walking every byte of the branch.
+    let mut semis = memchr::memchr_iter(b';', via_parm);
+    let first_semi = semis.next();
+    let sent_by_part = &via_parm[..first_semi.unwrap_or(via_parm.len())];
     out.extend_from_slice(trim(sent_by_part));
     let mut has_rport = false;
-    for p in parts {
-        let p = trim(p);
+    let mut from = first_semi.map(|i| i + 1);
+    while let Some(start) = from {
+        let next = semis.next();
+        let p = trim(&via_parm[start..next.unwrap_or(via_parm.len())]);
+        from = next.map(|i| i + 1);
         // Only names starting with r can be rport or received: the rest are copied unread.
         if matches!(p.first(), Some(b'r' | b'R')) {
             let name_end = memchr::memchr(b'=', p).unwrap_or(p.len());
@@ -419,10 +435,21 @@ mod tests {
         v.push(b' ');
         push_u64(&mut v, 18446744073709551615);
         v.push(b' ');
+        // Every digit-count boundary.
+        for n in [
+            9, 10, 99, 100, 999, 1_000, 9_999, 10_000, 99_999, 100_000, 999_999, 1_000_000,
+        ] {
+            push_u64(&mut v, n);
+            v.push(b' ');
+        }
         push_socket_addr(&mut v, "10.1.2.3:5060".parse().unwrap());
         v.push(b' ');
         push_socket_addr(&mut v, "[::1]:5070".parse().unwrap());
-        assert_eq!(v, b"0 18446744073709551615 10.1.2.3:5060 [::1]:5070");
+        assert_eq!(
+            v,
+            b"0 18446744073709551615 9 10 99 100 999 1000 9999 10000 99999 100000 999999 1000000 \
+              10.1.2.3:5060 [::1]:5070"
+        );
     }
 
     #[test]

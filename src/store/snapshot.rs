@@ -189,9 +189,11 @@ impl Snapshot {
     /// SPEC §3.2: the provisioned realm equal to the To host (case-insensitive), else the default.
     /// Returns the lower-cased realm.
     pub fn realm_for_host<'s>(&'s self, host: &[u8]) -> &'s [u8] {
-        // The common case, without lower-casing and hashing.
-        if host.eq_ignore_ascii_case(self.default_realm.as_bytes()) || self.realms.len() <= 1 {
-            return self.default_realm.as_bytes();
+        // The common case, without lower-casing and hashing; exact bytes first, since requests
+        // nearly always spell the realm as configured (lower case).
+        let default = self.default_realm.as_bytes();
+        if host == default || self.realms.len() <= 1 || host.eq_ignore_ascii_case(default) {
+            return default;
         }
         let mut lower = smallvec::SmallVec::<[u8; 128]>::new();
         lower.extend(host.iter().map(|b| b.to_ascii_lowercase()));
