@@ -315,16 +315,32 @@ impl Registrar {
         req: &RequestHeaders<'_>,
         snap: &Snapshot,
     ) -> (Answer, Effects) {
-        let realm = snap.realm_for_host(req.to.uri.host);
-        let to_user = req.to.uri.user.unwrap_or_default();
-        let cred = snap.credential(to_user, realm);
+        let account = AccountKey::of_register(req, snap);
+        self.handle_register_for(now_ms, source, transport, msg, req, snap, &account)
+    }
+
+    /// [`Registrar::handle_register`] with the request's account already worked out (the
+    /// worker needs it first, to find the account's shard).
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_register_for(
+        &mut self,
+        now_ms: u64,
+        source: SocketAddr,
+        transport: Transport,
+        msg: &Message<'_>,
+        req: &RequestHeaders<'_>,
+        snap: &Snapshot,
+        account: &AccountKey,
+    ) -> (Answer, Effects) {
+        let realm = account.realm();
+        let cred = snap.credentials.get(account.key());
         let slot = match self.authenticate(
             now_ms,
             msg,
             HeaderName::Authorization,
             b"REGISTER",
             realm,
-            cred,
+            cred.map(|c| (account.key(), c)),
         ) {
             Ok(slot) => slot,
             Err(refusal) => return refusal,
@@ -504,8 +520,13 @@ impl Registrar {
         header: HeaderName,
         method: &[u8],
         realm: &[u8],
-        cred: Option<&CredentialAuth>,
+        cred: Option<(&[u8], &CredentialAuth)>,
     ) -> Result<usize, (Answer, Effects)> {
+        // The credential's key (`user@realm`) comes along: its state slot is found by it.
+        let (cred_key, cred) = match cred {
+            Some((k, c)) => (k, Some(c)),
+            None => (&[][..], None),
+        };
         let Some(auth) = find_credentials(msg, header, realm) else {
             return Err((self.challenge(now_ms, false, cred), Effects::default()));
         };
@@ -569,7 +590,7 @@ impl Registrar {
         };
 
         // Authenticated. From here on, state for this credential exists.
-        let slot = self.slot_for(cred);
+        let slot = self.slot_for(cred_key, cred);
         match self.slots[slot]
             .check_nonce_count(digest::nonce_order(auth.nonce).unwrap_or((issued_s, 0)), nc)
         {
@@ -588,10 +609,8 @@ impl Registrar {
         self.challenge(now_ms, false, None)
     }
 
-    fn slot_for(&mut self, cred: &CredentialAuth) -> usize {
-        let mut key = SmallVec::<[u8; 128]>::new();
-        credential_key(cred.username.as_bytes(), cred.realm.as_bytes(), &mut key);
-        if let Some(&slot) = self.index.get(&key[..]) {
+    fn slot_for(&mut self, key: &[u8], cred: &CredentialAuth) -> usize {
+        if let Some(&slot) = self.index.get(key) {
             return slot as usize;
         }
         let state = CredState::new(&cred.username, &cred.realm);
@@ -857,6 +876,34 @@ fn split_user_realm<'a>(username: &'a [u8], realm: &[u8]) -> (&'a [u8], bool) {
 
 fn same_uri(a: &[u8], b: &[u8]) -> bool {
     a.eq_ignore_ascii_case(b)
+}
+
+/// A REGISTER's account: the credential key `user@realm` (the To user in the realm its host
+/// names), worked out once per request and used for the owner shard, the credential and the
+/// state slot alike.
+pub struct AccountKey {
+    key: SmallVec<[u8; 128]>,
+    realm_at: usize,
+}
+
+impl AccountKey {
+    pub fn of_register(req: &RequestHeaders<'_>, snap: &Snapshot) -> AccountKey {
+        let realm = snap.realm_for_host(req.to.uri.host);
+        let user = req.to.uri.user.unwrap_or_default();
+        let mut key = SmallVec::new();
+        credential_key(user, realm, &mut key);
+        AccountKey {
+            key,
+            realm_at: user.len() + 1,
+        }
+    }
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+    /// The realm, as the snapshot spells it (lower case).
+    pub fn realm(&self) -> &[u8] {
+        self.key.get(self.realm_at..).unwrap_or_default()
+    }
 }
 
 /// Reuses the String's capacity (a refresh does not allocate), and leaves it alone when the

@@ -11,14 +11,14 @@ use super::{Control, Handoff, Peer, PersistBatch, SecurityEvent};
 use crate::call::Port;
 use crate::registrar::owners::{self, Owner, Owners};
 use crate::registrar::response::{write_answer, write_plain, Opaque};
-use crate::registrar::{self, Answer, Registrar, Transport};
+use crate::registrar::{self, AccountKey, Answer, Registrar, Transport};
 use crate::security::{Ban, SourceGuard};
 use crate::sip::headers::{self, RequestHeaders};
 use crate::sip::scan::{self, Header, HeaderName, Message, Method, StartLine};
 use crate::sip::transaction::{ServerTransactions, TxnKeyHasher, TIMER_J_UDP_MS};
 use crate::sip::write::response_destination;
 use crate::stats::{DropReason, WorkerStats};
-use crate::store::snapshot::{credential_key, Snapshot};
+use crate::store::snapshot::Snapshot;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::{Events, Interest, Poll, Token};
@@ -524,10 +524,11 @@ impl Worker {
                 // (no hand-off, no wake-up). A backlogged one (its last receive batch was full:
                 // one big source, or a flood) spreads challenges over their shards too, so a
                 // single source still gets every core.
+                let account = AccountKey::of_register(req, &self.snap);
                 let needs_owner =
                     msg.header(HeaderName::Authorization).is_some() || self.backlogged;
                 if needs_owner {
-                    let (owner, adopt, slot) = self.register_owner(req);
+                    let (owner, adopt, slot) = self.register_owner(&account);
                     // A request handed over here before its slot moved on follows the slot.
                     if owner != self.id {
                         self.adopt_request = adopt && !handed_over;
@@ -539,9 +540,9 @@ impl Worker {
                         self.slot_seen_ms[slot] = self.now_ms as u32;
                     }
                 }
-                self.on_register(msg, req, uri, src, arrived_ns);
+                self.on_register(msg, req, uri, src, arrived_ns, &account);
                 if let Some(to) = self.adopt_for.take() {
-                    self.give_slot(req, to);
+                    self.give_slot(&account, to);
                 }
             }
             Method::Invite if req.to.tag.is_none() => {
@@ -566,35 +567,27 @@ impl Worker {
         }
     }
 
-    /// The worker holding this credential's state. A credential nobody owns yet becomes this
-    /// worker's (its PBX's traffic lands here), unless this worker is backlogged: then it goes to
-    /// its home shard, so one big source still spreads its credentials over every core.
-    /// The worker holding this credential's state, and whether to ask it for the slot: a slot
-    /// follows its PBX's traffic to the worker it lands on (a restart restored it elsewhere, a
-    /// NAT rebinding moved the PBX's 4-tuple), unless this worker is backlogged.
-    /// Also returns the credential's owner slot.
-    fn register_owner(&self, req: &RequestHeaders<'_>) -> (usize, bool, usize) {
-        let key = self.register_key(req);
-        let slot = owners::slot_of(&key);
+    /// The worker holding this credential's state, whether to ask it for the slot, and the
+    /// credential's owner slot. A credential nobody owns yet becomes this worker's (its PBX's
+    /// traffic lands here), unless this worker is backlogged: then it goes to its home shard, so
+    /// one big source still spreads its credentials over every core. A slot follows its PBX's
+    /// traffic to the worker it lands on (a restart restored it elsewhere, a NAT rebinding moved
+    /// the PBX's 4-tuple), unless this worker is backlogged.
+    fn register_owner(&self, account: &AccountKey) -> (usize, bool, usize) {
+        let key = account.key();
+        let slot = owners::slot_of(key);
         let (owner, adopt) = match self.owners.lookup_slot(slot) {
             Owner::Worker(w) | Owner::Restored(w) => (w, w != self.id && !self.backlogged),
             Owner::Unclaimed => {
                 let claimant = if self.backlogged {
-                    registrar::shard_of(&key, self.peers.len())
+                    registrar::shard_of(key, self.peers.len())
                 } else {
                     self.id
                 };
-                (self.owners.owner_or_claim(&key, claimant), false)
+                (self.owners.owner_or_claim(key, claimant), false)
             }
         };
         (owner, adopt, slot)
-    }
-
-    fn register_key(&self, req: &RequestHeaders<'_>) -> SmallVec<[u8; 128]> {
-        let realm = self.snap.realm_for_host(req.to.uri.host);
-        let mut key = SmallVec::<[u8; 128]>::new();
-        credential_key(req.to.uri.user.unwrap_or_default(), realm, &mut key);
-        key
     }
 
     /// Worker `to` asked for this request's slot: its states go there first (through the
@@ -603,9 +596,8 @@ impl Worker {
     /// carried none of the slot's REGISTERs for [`SLOT_QUIET_MS`] (two PBXs sharing a credential
     /// from different workers then move it at most once per registration, not per message),
     /// and never while one of its accounts has calls up here (their limits live here).
-    fn give_slot(&mut self, req: &RequestHeaders<'_>, to: usize) {
-        let key = self.register_key(req);
-        let slot = owners::slot_of(&key);
+    fn give_slot(&mut self, account: &AccountKey, to: usize) {
+        let slot = owners::slot_of(account.key());
         let movable = match self.owners.lookup_slot(slot) {
             Owner::Restored(w) => w == self.id,
             Owner::Worker(w) => {
@@ -656,6 +648,7 @@ impl Worker {
         uri: &[u8],
         src: SocketAddr,
         arrived_ns: u64,
+        account: &AccountKey,
     ) {
         let key = self.hasher.key(req, uri);
         let tag = Self::to_tag(key.low());
@@ -668,13 +661,14 @@ impl Worker {
             // A REGISTER reusing an INVITE's transaction key: not a retransmission of it.
             Some(Recipe::Refused(_) | Recipe::ProxyChallenge(_)) => return,
             None => {
-                let (answer, effects) = self.registrar.handle_register(
+                let (answer, effects) = self.registrar.handle_register_for(
                     self.now_ms,
                     src,
                     self.transport,
                     msg,
                     req,
                     &self.snap,
+                    account,
                 );
                 self.txns
                     .complete(key, Recipe::Register(answer), self.now_ms);
@@ -696,14 +690,13 @@ impl Worker {
                 answer
             }
         };
-        let realm = self.snap.realm_for_host(req.to.uri.host);
         write_answer(
             &mut self.out,
             &answer,
             &self.registrar,
             msg,
             req,
-            realm,
+            account.realm(),
             src,
             &tag,
             &self.opaque,

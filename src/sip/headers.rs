@@ -13,7 +13,7 @@
 //! Must not: decide policy (416 for a scheme, 420 for Require, 483 for Max-Forwards: 0 ...).
 
 use super::scan::{eq_folded, is_token_char, HeaderName, Message, Method, StartLine};
-use memchr::{memchr, memchr2};
+use memchr::memchr;
 use smallvec::SmallVec;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -420,7 +420,7 @@ fn trim(s: &[u8]) -> &[u8] {
 fn quoted_end(s: &[u8], open: usize) -> Option<usize> {
     let mut i = open + 1;
     loop {
-        let at = i + memchr2(b'"', b'\\', s.get(i..)?)?;
+        let at = i + super::find::two(b'"', b'\\', s.get(i..)?)?;
         if s.get(at) == Some(&b'"') {
             return Some(at + 1);
         }
@@ -448,12 +448,25 @@ fn digits_u32(s: &[u8]) -> Option<u32> {
 
 /// `port = 1*DIGIT` at `i`, within u16; returns (port, end).
 fn port_at(s: &[u8], i: usize) -> Option<(u16, usize)> {
+    // One pass: digits accumulate until the first non-digit, and past 65535 it is out of range
+    // whatever follows (leading zeros keep the value small, as they should).
     let mut e = i;
-    while s.get(e).is_some_and(u8::is_ascii_digit) {
+    let mut n: u32 = 0;
+    while let Some(&b) = s.get(e) {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        n = n * 10 + u32::from(d);
+        if n > u32::from(u16::MAX) {
+            return None;
+        }
         e += 1;
     }
-    let n = digits_u32(s.get(i..e)?)?;
-    Some((u16::try_from(n).ok()?, e))
+    if e == i {
+        return None;
+    }
+    Some((n as u16, e))
 }
 
 /// `host = hostname / IPv4address / IPv6reference` at `i`; returns (host, end).
@@ -563,9 +576,17 @@ pub fn find_param<'a>(params: &'a [u8], name: &[u8]) -> Option<Option<&'a [u8]>>
 //# sent-protocol     =  protocol-name SLASH protocol-version SLASH transport
 fn via_at(s: &[u8], start: usize) -> Option<(Via<'_>, Option<usize>)> {
     let raw_start = skip_ws(s, start);
-    // protocol-name SLASH protocol-version SLASH (SLASH = SWS "/" SWS)
+    // protocol-name SLASH protocol-version SLASH (SLASH = SWS "/" SWS); nearly always written
+    // `SIP/2.0/` exactly, recognised by one word compare.
     let mut i = raw_start;
-    for _ in 0..2 {
+    let (fast, rest) = match s.get(i..i + 8) {
+        Some(w) if eq_folded!(w, b"sip/2.0/") => (true, 0),
+        _ => (false, 2),
+    };
+    if fast {
+        i = skip_ws(s, i + 8);
+    }
+    for _ in 0..rest {
         let e = token_end(s, i);
         if e == i {
             return None;
@@ -689,6 +710,12 @@ pub fn top_via<'a>(msg: &Message<'a>) -> Result<Via<'a>, HeaderError> {
 // URIs
 
 fn uri_inner(s: &[u8]) -> Option<Uri<'_>> {
+    // Nearly every URI here is `sip:`: recognised by one word compare.
+    if let Some(scheme) = s.get(..3) {
+        if s.get(3) == Some(&b':') && eq_folded!(scheme, b"sip") {
+            return sip_uri(scheme, s.get(4..).filter(|r| !r.is_empty())?);
+        }
+    }
     let colon = find(b':', s)?;
     let scheme = s.get(..colon)?;
     if !scheme.first()?.is_ascii_alphabetic() || !all_in(scheme, SCHEME) {
@@ -1425,6 +1452,10 @@ mod tests {
             v.raw,
             &b"SIP  /   2.0\r\n /UDP\r\n    192.0.2.2 : 5060 ;branch=\r\n z9hG4bK30239"[..]
         );
+        // The exact `SIP/2.0/` prefix (any case), then SWS before the transport.
+        let v = parse_via(b"sip/2.0/ \r\n udp 192.0.2.2;branch=z9hG4bK1").unwrap();
+        assert_eq!((v.transport, v.host), (&b"udp"[..], &b"192.0.2.2"[..]));
+        assert!(parse_via(b"SIP/2.0/;branch=z9hG4bK1").is_err());
     }
 
     #[test]

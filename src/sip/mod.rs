@@ -2,6 +2,7 @@
 
 pub mod client_transaction;
 pub mod digest;
+mod find;
 pub mod headers;
 pub mod invite_server_transaction;
 pub mod scan;

@@ -14,7 +14,8 @@
 //! - the body is exactly Content-Length bytes when the header is present (RFC 3261 §18.3),
 //!   otherwise the rest of the buffer (UDP).
 
-use memchr::{memchr, memchr2};
+use super::find;
+use memchr::memchr;
 use smallvec::SmallVec;
 
 /// Headers indexed on the stack before the SmallVec spills (rare: typical requests carry < 16).
@@ -372,7 +373,7 @@ fn line_at(buf: &[u8], start: usize) -> Line {
         Some(r) => r,
         None => return Line::Open,
     };
-    match memchr2(b'\r', b'\n', rest) {
+    match find::eol(rest) {
         None => Line::Open,
         Some(i) => {
             let end = start + i;
@@ -415,6 +416,10 @@ fn trim_lws(mut s: &[u8]) -> &[u8] {
 
 /// `SIP/` 1*DIGIT "." 1*DIGIT, "SIP" case-insensitive (ABNF literals are case-insensitive).
 fn is_sip_version(v: &[u8]) -> bool {
+    // Every message of this century says exactly this.
+    if v == b"SIP/2.0" {
+        return true;
+    }
     let (prefix, num) = match (v.get(..4), v.get(4..)) {
         (Some(p), Some(n)) => (p, n),
         _ => return false,
@@ -586,7 +591,12 @@ pub fn scan_into<'a>(buf: &'a [u8], msg: &mut Message<'a>) -> Result<(), ScanErr
         let first_line = buf.get(line_start..first_end).unwrap_or(&[]);
         //= https://www.rfc-editor.org/rfc/rfc3261#section-7.3.1
         //# field-name: field-value
-        let colon = memchr(b':', first_line).ok_or(ScanError::HeaderLine)?;
+        // Searched in the rest of the buffer, not just this line: a short line then still gets
+        // the 16-byte search, and a colon past the line's end is the same error as none.
+        let colon = match find::byte(b':', buf.get(line_start..).unwrap_or(&[])) {
+            Some(c) if line_start + c < first_end => c,
+            _ => return Err(ScanError::HeaderLine),
+        };
         let mut raw_name = first_line.get(..colon).unwrap_or(&[]);
         // HCOLON = *( SP / HTAB ) ":" SWS
         while let [rest @ .., b' ' | b'\t'] = raw_name {

@@ -139,7 +139,7 @@ impl Worker {
                     HeaderName::ProxyAuthorization,
                     b"INVITE",
                     realm,
-                    cred,
+                    cred.map(|c| (&account[..], c)),
                 ) {
                     Ok(_) => match cred {
                         Some(cred) => Caller::Credential {
