@@ -256,6 +256,15 @@ fn worker_count(cfg: &Config) -> usize {
 
 /// Runs the SBC until SIGTERM/SIGINT. Start-up failures come back as one error naming the cause.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    // First of all: a SIGTERM from here on is held until the shutdown below handles it. Installed
+    // after the ready line, a supervisor's SIGTERM sent right on it could still find the default
+    // action (killed, bindings and CDRs not flushed); tests saw that under load.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("cannot install signal handlers")?;
     let workers = worker_count(&config);
 
     // --- everything that can fail at start, before anything is printed ---
@@ -521,12 +530,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("ready sip=udp:{sip_addr} admin={admin_addr} workers={workers} bindings_restored={restored_count} core_ports={core_ports}");
 
     // --- wait for a signal ---
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ])
-    .context("cannot install signal handlers")?;
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGHUP {
             tracing::info!("SIGHUP: configuration reload is not implemented yet; ignoring");
