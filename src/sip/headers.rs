@@ -333,8 +333,9 @@ fn valid_part(s: &[u8], class: u8) -> bool {
     !pct || escapes_ok(s)
 }
 
-/// Below this many bytes a plain loop finds a byte sooner than `memchr`'s dispatch and vector
-/// set-up; the URI and name-addr pieces it searches are nearly always that short.
+/// Below this many bytes [`find`]'s word-at-a-time search finds a byte sooner than `memchr`'s
+/// dispatch and vector set-up; the URI and name-addr pieces it searches are nearly always that
+/// short.
 const SHORT: usize = 32;
 
 /// `memchr` for the short slices of header values: eight bytes at a time in a register (the
@@ -579,14 +580,13 @@ fn via_at(s: &[u8], start: usize) -> Option<(Via<'_>, Option<usize>)> {
     // protocol-name SLASH protocol-version SLASH (SLASH = SWS "/" SWS); nearly always written
     // `SIP/2.0/` exactly, recognised by one word compare.
     let mut i = raw_start;
-    let (fast, rest) = match s.get(i..i + 8) {
-        Some(w) if eq_folded!(w, b"sip/2.0/") => (true, 0),
-        _ => (false, 2),
-    };
-    if fast {
+    let slashes_left = if s.get(i..i + 8).is_some_and(|w| eq_folded!(w, b"sip/2.0/")) {
         i = skip_ws(s, i + 8);
-    }
-    for _ in 0..rest {
+        0
+    } else {
+        2
+    };
+    for _ in 0..slashes_left {
         let e = token_end(s, i);
         if e == i {
             return None;
