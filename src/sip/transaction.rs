@@ -5,13 +5,14 @@
 //! fires, how it was answered. What is remembered is a small *recipe* (the caller's type: a
 //! status code plus the few values that made the response, e.g. the nonce), not the response
 //! bytes: the response is regenerated from the retransmitted request, which is byte-identical,
-//! so the answer is too. That keeps a transaction at ~56 bytes in the table and 24 in the expiry
-//! queue, so 64·T1 of state at tens of thousands of requests per second stays affordable. Time is passed in.
+//! so the answer is too. That keeps a transaction at ~64 bytes in the ring plus ~16 in the index,
+//! so 64·T1 of state at tens of thousands of requests per second stays affordable. Time is
+//! passed in.
 
 use super::headers::RequestHeaders;
 use super::scan::Method;
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, Hasher};
 
 //= https://www.rfc-editor.org/rfc/rfc3261#section-17.1.1.1
 //# T1 ... 500ms default
@@ -146,35 +147,191 @@ impl Gather {
     }
 }
 
-/// The key is already a keyed hash: the map only needs its low bits.
-#[derive(Default)]
-pub struct PassThroughHasher(u64);
+/// One remembered transaction. The ring holds them in completion order, which is Timer J
+/// order (every entry lives the same Timer J).
+#[derive(Clone, Copy)]
+struct Done<R> {
+    key: TxnKey,
+    recipe: R,
+    expires_at: u64,
+}
 
-impl Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+/// Eight index slots in one cache line: a fingerprint of each key (32 bits of it) and where its
+/// entry is in the ring, as the low 32 bits of its sequence number plus one (0: empty). A slot
+/// whose entry has left the ring is dead and is reused: expiry never touches the index.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Bucket {
+    tags: [u32; SLOTS],
+    at: [u32; SLOTS],
+}
+
+const SLOTS: usize = 8;
+
+/// The index starts this small (64 KiB) and doubles as the ring grows, to at most
+/// `max_entries / 4` buckets (half full at the cap).
+const MIN_BUCKETS: usize = 1024;
+
+/// Entries re-indexed per completion while the index grows: the old index is dropped before
+/// the ring has grown by a quarter, and no completion pays for more than this.
+const MOVES_PER_COMPLETION: usize = 4;
+
+struct Index {
+    buckets: Box<[Bucket]>,
+    mask: usize,
+}
+
+impl Index {
+    fn new(buckets: usize) -> Index {
+        Index {
+            buckets: vec![Bucket::default(); buckets].into_boxed_slice(),
+            mask: buckets - 1,
         }
     }
-    /// `TxnKey` hashes as its two halves; the table keeps the last, `lo`.
-    fn write_u64(&mut self, i: u64) {
-        self.0 = i;
+    fn bucket(&self, key: TxnKey) -> &Bucket {
+        &self.buckets[key.lo as usize & self.mask]
     }
 }
 
-/// griddle: hashbrown with incremental resizing. At tens of thousands of requests a second the
-/// table holds millions of transactions (Timer J is 32 s); a plain map's doubling rehashes them all
-/// at once, stalling the worker for milliseconds (it showed as the p999 of processing latency).
-type KeyMap<V> = griddle::HashMap<TxnKey, V, BuildHasherDefault<PassThroughHasher>>;
+/// The ring's live window: sequence numbers `base .. base + len`.
+#[derive(Clone, Copy)]
+struct Window {
+    base: u64,
+    len: usize,
+}
+
+impl Window {
+    /// The ring offset a slot's `at` names, if that entry is still in the ring. (`at` keeps 32
+    /// bits of the sequence number; an entry 2^32 completions old could alias a live one, which
+    /// the full key compare after it catches.)
+    fn offset(self, at: u32) -> Option<usize> {
+        if at == 0 {
+            return None;
+        }
+        let off = at.wrapping_sub(1).wrapping_sub(self.base as u32) as usize;
+        (off < self.len).then_some(off)
+    }
+
+    /// Writes `key` at sequence `seq` into its bucket: an empty or dead slot if there is one,
+    /// else over the oldest entry there (which is then forgotten before its Timer J, like the
+    /// flood cap does: a late retransmission of it is processed again).
+    fn place(self, index: &mut Index, key: TxnKey, seq: u64) {
+        let b = &mut index.buckets[key.lo as usize & index.mask];
+        let mut victim = 0;
+        let mut oldest = usize::MAX;
+        for k in 0..SLOTS {
+            match self.offset(b.at[k]) {
+                None => {
+                    victim = k;
+                    break;
+                }
+                Some(off) if off < oldest => {
+                    oldest = off;
+                    victim = k;
+                }
+                Some(_) => {}
+            }
+        }
+        b.tags[victim] = key.hi as u32;
+        b.at[victim] = (seq as u32).wrapping_add(1);
+    }
+}
+
+/// Entries per ring chunk (256 KiB of 64-byte entries).
+const CHUNK: usize = 4096;
+
+/// A FIFO in fixed-size chunks: growing it never copies what it holds (a `VecDeque` doubles by
+/// moving everything, a stall of milliseconds at a million entries), and a chunk emptied at the
+/// front is kept for the next one needed at the back, so a steady ring allocates nothing
+/// (`tests/no_alloc.rs`).
+struct Ring<T> {
+    chunks: VecDeque<Vec<T>>,
+    /// Index of the first entry in `chunks[0]`.
+    head: usize,
+    len: usize,
+    spare: Option<Vec<T>>,
+    primed: bool,
+}
+
+impl<T> Ring<T> {
+    fn new() -> Ring<T> {
+        Ring {
+            chunks: VecDeque::new(),
+            head: 0,
+            len: 0,
+            spare: None,
+            primed: false,
+        }
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn get(&self, off: usize) -> &T {
+        let i = self.head + off;
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+    fn get_mut(&mut self, off: usize) -> &mut T {
+        let i = self.head + off;
+        &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+    fn front(&self) -> Option<&T> {
+        (self.len > 0).then(|| self.get(0))
+    }
+    fn push_back(&mut self, v: T) {
+        if self.chunks.back().is_none_or(|c| c.len() == CHUNK) {
+            let chunk = self
+                .spare
+                .take()
+                .unwrap_or_else(|| Vec::with_capacity(CHUNK));
+            self.chunks.push_back(chunk);
+            if !self.primed {
+                // The first chunk comes with a spare: a window that straddles a chunk boundary
+                // needs two, and then a steady ring never allocates again.
+                self.primed = true;
+                self.spare = Some(Vec::with_capacity(CHUNK));
+            }
+        }
+        if let Some(c) = self.chunks.back_mut() {
+            c.push(v);
+            self.len += 1;
+        }
+    }
+    /// Drops the first entry; false if there was none.
+    fn pop_front(&mut self) -> bool {
+        if self.len == 0 {
+            return false;
+        }
+        self.head += 1;
+        self.len -= 1;
+        if self.head == CHUNK || self.len == 0 {
+            if let Some(mut c) = self.chunks.pop_front() {
+                c.clear();
+                self.spare = Some(c);
+            }
+            self.head = 0;
+        }
+        true
+    }
+}
 
 /// Completed non-INVITE server transactions awaiting Timer J.
+///
+/// Entries sit in a ring in completion order, so Timer J pops them off the front without a
+/// lookup; a hash index of cache-line buckets finds them. A lookup of a new request (the common
+/// case) reads one bucket; a retransmission reads the bucket and its ring entry. (A hash map
+/// with a separate expiry queue paid a random access for every expiry as well: at its 2 M-entry
+/// cap, `remove` was the largest single cost of a registration in a native profile.)
 pub struct ServerTransactions<R: Copy> {
-    map: KeyMap<R>,
-    /// Insertion order = expiry order (every entry lives the same Timer J).
-    order: VecDeque<(TxnKey, u64)>,
+    ring: Ring<Done<R>>,
+    /// Sequence number of `ring[0]`.
+    base: u64,
+    index: Index,
+    /// While the index grows: the one before, still searched until every entry it indexes has
+    /// been re-indexed (`moving .. moved_end`), a few per completion.
+    old: Option<Index>,
+    moving: u64,
+    moved_end: u64,
+    max_buckets: usize,
     max_entries: usize,
     timer_j_ms: u64,
 }
@@ -184,29 +341,97 @@ impl<R: Copy> ServerTransactions<R> {
     /// early (a late retransmission of it is then processed again, which the registrar's own
     /// CSeq/nonce rules make harmless).
     pub fn new(max_entries: usize, timer_j_ms: u64) -> Self {
-        let initial = max_entries.min(1 << 16);
+        let max_entries = max_entries.max(1);
+        let max_buckets = max_entries.div_ceil(SLOTS / 2).next_power_of_two();
         ServerTransactions {
-            map: KeyMap::with_capacity_and_hasher(initial, Default::default()),
-            order: VecDeque::with_capacity(initial),
-            max_entries: max_entries.max(1),
+            ring: Ring::new(),
+            base: 0,
+            index: Index::new(MIN_BUCKETS.min(max_buckets)),
+            old: None,
+            moving: 0,
+            moved_end: 0,
+            max_buckets,
+            max_entries,
             timer_j_ms,
         }
     }
 
-    /// The recipe of the answer already given to this transaction, if any.
-    pub fn lookup(&self, key: TxnKey) -> Option<R> {
-        self.map.get(&key).copied()
+    fn window(&self) -> Window {
+        Window {
+            base: self.base,
+            len: self.ring.len(),
+        }
     }
 
-    /// Records the final answer; Timer J starts now.
+    fn find(&self, key: TxnKey) -> Option<usize> {
+        let w = self.window();
+        let tag = key.hi as u32;
+        let search = |index: &Index| {
+            let b = index.bucket(key);
+            (0..SLOTS).find_map(|k| {
+                let off = w.offset(b.at[k]).filter(|_| b.tags[k] == tag)?;
+                (self.ring.get(off).key == key).then_some(off)
+            })
+        };
+        search(&self.index).or_else(|| self.old.as_ref().and_then(search))
+    }
+
+    /// The recipe of the answer already given to this transaction, if any.
+    pub fn lookup(&self, key: TxnKey) -> Option<R> {
+        self.find(key).map(|off| self.ring.get(off).recipe)
+    }
+
+    /// Records the final answer; Timer J starts now. Completing a transaction again replaces
+    /// its recipe and keeps its Timer J.
     pub fn complete(&mut self, key: TxnKey, recipe: R, now_ms: u64) {
-        if self.map.len() >= self.max_entries {
-            if let Some((old, _)) = self.order.pop_front() {
-                self.map.remove(&old);
-            }
+        if let Some(off) = self.find(key) {
+            self.ring.get_mut(off).recipe = recipe;
+            return;
         }
-        if self.map.insert(key, recipe).is_none() {
-            self.order.push_back((key, now_ms + self.timer_j_ms));
+        if self.ring.len() >= self.max_entries {
+            self.pop_front();
+        }
+        let seq = self.base + self.ring.len() as u64;
+        self.ring.push_back(Done {
+            key,
+            recipe,
+            expires_at: now_ms + self.timer_j_ms,
+        });
+        let buckets = self.index.buckets.len();
+        if self.old.is_none() && self.ring.len() * 2 > buckets * SLOTS && buckets < self.max_buckets
+        {
+            // Grow: new entries go to the new index at once, the ones before move over a few
+            // per completion (no stall re-indexing them all at once).
+            self.old = Some(std::mem::replace(&mut self.index, Index::new(buckets * 2)));
+            self.moving = self.base;
+            self.moved_end = seq;
+        }
+        let w = self.window();
+        w.place(&mut self.index, key, seq);
+        if self.old.is_some() {
+            self.move_some(MOVES_PER_COMPLETION);
+        }
+    }
+
+    fn move_some(&mut self, budget: usize) {
+        let w = self.window();
+        self.moving = self.moving.max(self.base);
+        for _ in 0..budget {
+            if self.moving >= self.moved_end {
+                break;
+            }
+            let key = self.ring.get((self.moving - self.base) as usize).key;
+            w.place(&mut self.index, key, self.moving);
+            self.moving += 1;
+        }
+        if self.moving >= self.moved_end {
+            self.old = None;
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if self.ring.pop_front() {
+            self.base += 1;
         }
     }
 
@@ -219,23 +444,20 @@ impl<R: Copy> ServerTransactions<R> {
     /// small budget on every loop turn spreads the work instead of stalling once per tick.
     pub fn expire_some(&mut self, now_ms: u64, budget: usize) -> bool {
         for _ in 0..budget {
-            match self.order.front() {
-                Some(&(key, at)) if at <= now_ms => {
-                    self.order.pop_front();
-                    self.map.remove(&key);
-                }
+            match self.ring.front() {
+                Some(d) if d.expires_at <= now_ms => self.pop_front(),
                 _ => return false,
             }
         }
-        self.order.front().is_some_and(|&(_, at)| at <= now_ms)
+        self.ring.front().is_some_and(|d| d.expires_at <= now_ms)
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.ring.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.ring.len() == 0
     }
 }
 
@@ -278,5 +500,91 @@ mod tests {
         assert_eq!(t.len(), 3);
         assert_eq!(t.lookup(TxnKey::new(9)), Some(200));
         assert_eq!(t.lookup(TxnKey::new(0)), None);
+    }
+
+    /// Spread-out keys, as the keyed hash gives them.
+    fn key(i: u64) -> TxnKey {
+        let x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        TxnKey {
+            hi: x.rotate_left(29) ^ i,
+            lo: x,
+        }
+    }
+
+    #[test]
+    fn every_transaction_is_found_while_the_index_grows() {
+        let mut t = ServerTransactions::<u64>::new(1 << 20, TIMER_J_UDP_MS);
+        for i in 0..3_000 {
+            t.complete(key(i), i, 0);
+            // Everything so far, including what sits in the index being left behind.
+            for j in (0..=i).step_by(7).chain([i]) {
+                assert_eq!(t.lookup(key(j)), Some(j), "{j} after {i}");
+            }
+        }
+        for i in 3_000..100_000 {
+            t.complete(key(i), i, 1);
+        }
+        assert!(t.index.buckets.len() > MIN_BUCKETS, "the index grew");
+        assert!((0..100_000).all(|i| t.lookup(key(i)) == Some(i)));
+        assert_eq!(t.lookup(key(100_000)), None);
+        // Timer J of the first 3,000 fires first, then the rest.
+        assert!(!t.expire_some(TIMER_J_UDP_MS, usize::MAX));
+        assert_eq!(t.len(), 97_000);
+        assert_eq!(t.lookup(key(2_999)), None);
+        assert_eq!(t.lookup(key(3_000)), Some(3_000));
+        t.expire(TIMER_J_UDP_MS + 1);
+        assert!(t.is_empty());
+        assert!((0..100_000).all(|i| t.lookup(key(i)).is_none()));
+    }
+
+    #[test]
+    fn a_full_bucket_forgets_its_oldest() {
+        let mut t = ServerTransactions::<u64>::new(1000, TIMER_J_UDP_MS);
+        let same_bucket = |i: u64| TxnKey { hi: i, lo: 7 };
+        for i in 0..=SLOTS as u64 {
+            t.complete(same_bucket(i), i, 0);
+        }
+        assert_eq!(t.lookup(same_bucket(0)), None);
+        assert!((1..=SLOTS as u64).all(|i| t.lookup(same_bucket(i)) == Some(i)));
+        // Expired entries free their slots without the index being touched.
+        t.expire(TIMER_J_UDP_MS);
+        for i in 100..100 + SLOTS as u64 {
+            t.complete(same_bucket(i), i, TIMER_J_UDP_MS);
+        }
+        assert!((100..100 + SLOTS as u64).all(|i| t.lookup(same_bucket(i)) == Some(i)));
+    }
+
+    #[test]
+    fn completing_again_replaces_the_recipe_and_keeps_timer_j() {
+        let mut t = ServerTransactions::<u16>::new(100, TIMER_J_UDP_MS);
+        t.complete(key(1), 401, 0);
+        t.complete(key(1), 200, 5_000);
+        assert_eq!((t.lookup(key(1)), t.len()), (Some(200), 1));
+        t.expire(TIMER_J_UDP_MS);
+        assert_eq!(t.lookup(key(1)), None);
+    }
+
+    #[test]
+    fn the_ring_keeps_order_across_chunks_and_reuses_them() {
+        let mut r = Ring::new();
+        let mut next_out = 0;
+        for i in 0..3 * CHUNK + 5 {
+            r.push_back(i);
+            if i % 3 == 0 {
+                assert_eq!(r.front(), Some(&next_out));
+                assert!(r.pop_front());
+                next_out += 1;
+            }
+        }
+        assert_eq!(r.len(), 3 * CHUNK + 5 - next_out);
+        for off in 0..r.len() {
+            assert_eq!(*r.get(off), next_out + off);
+        }
+        while r.pop_front() {}
+        assert_eq!((r.len(), r.front()), (0, None));
+        assert!(
+            r.chunks.is_empty() && r.spare.is_some(),
+            "the last chunk kept for reuse"
+        );
     }
 }
