@@ -333,33 +333,11 @@ fn valid_part(s: &[u8], class: u8) -> bool {
     !pct || escapes_ok(s)
 }
 
-/// Below this many bytes [`find`]'s word-at-a-time search finds a byte sooner than `memchr`'s
-/// dispatch and vector set-up; the URI and name-addr pieces it searches are nearly always that
-/// short.
-const SHORT: usize = 32;
-
-/// `memchr` for the short slices of header values: eight bytes at a time in a register (the
-/// classic has-zero-byte test on `word ^ pattern`; its lowest flagged byte is always exact).
+/// The first `b` in a short slice of a header value ([`super::find::byte`]: 16 bytes a step,
+/// no `memchr` dispatch).
 #[inline]
 fn find(b: u8, s: &[u8]) -> Option<usize> {
-    if s.len() >= SHORT {
-        return memchr(b, s);
-    }
-    const LOW: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let pattern = LOW * u64::from(b);
-    let mut i = 0;
-    while let Some(w) = s.get(i..i + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(w);
-        let x = u64::from_le_bytes(word) ^ pattern;
-        let zero = x.wrapping_sub(LOW) & !x & HIGH;
-        if zero != 0 {
-            return Some(i + (zero.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    s.get(i..)?.iter().position(|&c| c == b).map(|p| i + p)
+    super::find::byte(b, s)
 }
 
 // ---------------------------------------------------------------------------------------------
