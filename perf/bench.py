@@ -17,6 +17,10 @@ Derived from the reference kit's bench.py (shared/reference), extended for siped
   ok / (wall - hold), as in the reference kit);
 - optionally the kernel's receive-buffer drops on UDP ports (--udp-port, e.g. the SUT's and the
   UAS's), summed over all sockets bound to the port (the drops column of /proc/net/udp);
+- optionally (--usertime) the SUT's user-mode CPU measured exactly with eBPF (perf/usertime.py:
+  bpftrace, root): user_bpf_us_per_ok with the tracing's per-syscall bias (calibrated in the same
+  session) taken out, user_bpf_raw_us_per_ok without, and syscalls_per_ok; next to the
+  tick-sampled utime, which under-counts on this VM;
 - optionally scrapes a Prometheus endpoint part-way through the step (--scrape-at, a fraction of
   the expected step time) and keeps sipedge_processing_seconds{method="REGISTER"} quantiles.
 The step is bounded by the generator's own limits (sipp -m/-timeout, loadgen --count/--duration);
@@ -120,6 +124,8 @@ ap.add_argument("--out", default="results/bench.jsonl")
 ap.add_argument("--scrape", default="", help="metrics URL to scrape during the step")
 ap.add_argument("--scrape-at", type=float, default=0.6, help="fraction of the expected step time")
 ap.add_argument("--max-s", type=float, default=600)
+ap.add_argument("--usertime", action="store_true",
+                help="measure the SUT's user-mode time with eBPF (perf/usertime.py; needs bpftrace, root)")
 ap.add_argument("cmd", nargs=argparse.REMAINDER)
 a = ap.parse_args()
 cmd = [x for x in a.cmd if x != "--"]
@@ -135,6 +141,12 @@ if tool == "sipp":
     cmd += ["-r", str(int(a.rate)), "-m", str(a.calls), "-trace_stat", "-stf", stf, "-fd", "1", "-nostdin"]
 
 load0 = loadavg()
+ut = None
+if a.usertime:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from usertime import UserTime
+    ut = UserTime(a.watch)
+    ut.start()
 c0 = [tree_cpu(p) for p in a.watch]
 p0 = [tree_cpu(p) for p in a.peer]
 d0 = udp_drops(a.udp_port)
@@ -154,6 +166,7 @@ killer.start()
 out_bytes, err_bytes = pr.communicate()
 killer.cancel()
 wall = time.time() - t0
+ut_r = ut.stop() if ut else None
 c1 = [tree_cpu(p) for p in a.watch]
 p1 = [tree_cpu(p) for p in a.peer]
 d1 = udp_drops(a.udp_port)
@@ -215,6 +228,16 @@ if a.udp_port:
 if tool == "loadgen":
     r.update(lat_p50_us=lg["p50_us"], lat_p99_us=lg["p99_us"], lat_p999_us=lg["p999_us"], codes=lg["codes"],
              stale_retries=lg.get("stale", 0), loadgen_sockets=lg["sockets"])
+if ut_r is not None:
+    if "user_s" in ut_r:
+        r.update(user_bpf_s=round(ut_r["user_s"], 4), user_bpf_bias_ns=round(ut_r["bias_ns"], 1),
+                 user_bpf_raw_us_per_ok=round(1e6 * ut_r["user_s"] / ok, 3) if ok else None,
+                 user_bpf_us_per_ok=round(1e6 * ut_r["user_corrected_s"] / ok, 3) if ok else None,
+                 syscalls_per_ok=round(ut_r["syscalls"] / ok, 2) if ok else None,
+                 user_bpf_raw_us_by_thread={k: round(1e6 * v / ok, 3) for k, v in ut_r["by_thread_s"].items()}
+                 if ok else None)
+    else:
+        r.update(ut_r)
 if a.scrape:
     r["processing_us"] = scraped or {"error": "step ended before the scrape"}
 print(json.dumps(r))

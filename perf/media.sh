@@ -21,6 +21,12 @@
 #                                    (rtp_bench.py) to GEN_CPUS (taskset); free: no taskset (see
 #                                    perf/README.md, "Placement")
 #   SUT_CPUS=0 GEN_CPUS=1            the CPU lists for PLACEMENT=split
+#   DELIVERY=loopback                loopback: the host's lo, where a send also delivers the packet
+#                                    into its receiver's socket on the sender's CPU; rps: the whole
+#                                    run inside a network namespace of its own whose lo steers every
+#                                    received packet (RPS) to GEN_CPUS, so a relay pays for its
+#                                    sends and not for the sink's receive path, as behind a NIC
+#                                    (perf/README.md, "Delivery"; needs root)
 #   OUT=perf/results/media-<date>.jsonl
 set -u
 PERF=$(cd "$(dirname "$0")" && pwd)
@@ -34,7 +40,25 @@ THREADS=${THREADS:-2}
 REF=${REF:-/tmp/sipedge-ref}
 REF_SRC=${REF_SRC:-$ROOT/../shared/reference}
 [ -d "$REF_SRC" ] || REF_SRC=/work/shared/reference
-STAMP=$(date +%Y%m%d-%H%M%S)
+DELIVERY=${DELIVERY:-loopback}
+STAMP=${STAMP:-$(date +%Y%m%d-%H%M%S)}
+case $DELIVERY in
+  loopback) ;;
+  rps)
+    if [ -z "${SIPEDGE_MEDIA_NETNS:-}" ]; then
+      # Re-run this script inside a namespace of its own, deleted when it ends.
+      NS=sipedge-media-$$
+      MASK=$(python3 -c "import sys; print(format(sum(1 << int(c) for p in sys.argv[1].split(',') for c in (range(int(p.split('-')[0]), int(p.split('-')[-1]) + 1))), 'x'))" "${GEN_CPUS:-1}") \
+        || { echo "error: GEN_CPUS=${GEN_CPUS:-1} is not a CPU list"; exit 1; }
+      ip netns add "$NS" || { echo "error: cannot create network namespace $NS (root needed)"; exit 1; }
+      trap 'ip netns del "$NS"' EXIT
+      ip netns exec "$NS" sh -c "ip link set lo up && echo $MASK > /sys/class/net/lo/queues/rx-0/rps_cpus" \
+        || { echo "error: cannot set up loopback RPS in $NS"; exit 1; }
+      SIPEDGE_MEDIA_NETNS=$NS STAMP=$STAMP ip netns exec "$NS" "$0" "$@"
+      exit $?
+    fi ;;
+  *) echo "error: DELIVERY must be loopback or rps, got '$DELIVERY'"; exit 1 ;;
+esac
 OUT=${OUT:-$PERF/results/media-$STAMP.jsonl}
 BENCH=$ROOT/target/release/sipedge-mediabench
 WORK=$(mktemp -d /tmp/sipedge-media.XXXXXX)
@@ -75,6 +99,7 @@ fi
   H=$(cat "$ROOT/.git/HEAD" 2>/dev/null); R=${H#ref: }
   echo "commit: $( [ "$R" != "$H" ] && cat "$ROOT/.git/$R" 2>/dev/null || echo "$H")"
   placement_meta
+  echo "delivery: $DELIVERY$( [ "$DELIVERY" = rps ] && echo " (namespace ${SIPEDGE_MEDIA_NETNS:-}, lo rps_cpus $(cat /sys/class/net/lo/queues/rx-0/rps_cpus))")"
   echo "env: SYSTEMS='$SYSTEMS' SESSIONS=$SESSIONS RATES='$RATES' STEP_S=$STEP_S MEDIA_WORKERS=$MEDIA_WORKERS THREADS=$THREADS"
 } | tee -a "${OUT%.jsonl}.meta"
 

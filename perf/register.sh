@@ -27,6 +27,8 @@
 #                                    scheduler then decides who shares a core with the generator,
 #                                    which on a VM swings CPU per registration 2-3x between runs)
 #   SUT_CPUS=0 GEN_CPUS=1            the CPU lists for PLACEMENT=split
+#   USERTIME=                        1: also measure each system's user-mode CPU exactly with eBPF
+#                                    (perf/usertime.py; installs bpftrace if missing; root)
 #   SKIP_BUILD=                      1: use target/release/* as they are
 #   REF=/tmp/sipedge-ref             scratch copy of shared/reference (copied + installed if missing)
 #   OUT=perf/results/register-<date>.jsonl
@@ -90,6 +92,11 @@ if [ ! -x "$REF/bin/sip_responder" ] || ! command -v sipp >/dev/null || ! comman
   [ -d "$REF" ] || cp -r "$REF_SRC" "$REF"
   (cd "$REF" && ./install.sh) || { echo "error: reference kit install failed"; exit 1; }
 fi
+if [ -n "${USERTIME:-}" ] && ! command -v bpftrace >/dev/null; then
+  log "USERTIME=1: installing bpftrace"
+  { apt-get update -q && apt-get install -y -q --no-install-recommends bpftrace; } >"$WORK/apt.log" 2>&1 \
+    || { echo "error: bpftrace install failed (see $WORK/apt.log)"; exit 1; }
+fi
 if [ -z "${SKIP_BUILD:-}" ]; then
   log "cargo build --release (sipedge, sipedge-loadgen)"
   (cd "$ROOT" && cargo build --release --bin sipedge --bin sipedge-loadgen) || { echo "error: build failed"; exit 1; }
@@ -117,7 +124,7 @@ sipp_steps() { # system pid
   for R in $RATES; do
     log "$1: sipp $R reg/s x ${STEP_S}s"
     python3 "$PERF/bench.py" --system "$1" --label "$1-sipp" --rate "$R" --calls $((R * STEP_S)) \
-      --watch "$2" --out "$OUT" --max-s $((STEP_S * 3 + 60)) -- \
+      --watch "$2" --out "$OUT" --max-s $((STEP_S * 3 + 60)) ${USERTIME:+--usertime} -- \
       "${GEN[@]}" sipp -sf "$PERF/sipp/register.xml" -inf "$USERS_CSV" 127.0.0.1:$PORT -i 127.0.0.1 -p 5060 \
       -l 15000 -recv_timeout 5000 -timeout $((STEP_S * 3 + 20))s -buff_size 4194304
     sleep 2
@@ -126,7 +133,7 @@ sipp_steps() { # system pid
 loadgen_step() { # system pid rate count duration_s [extra bench.py args...]
   local sys=$1 pid=$2 r=$3 n=$4 d=$5; shift 5
   python3 "$PERF/bench.py" --system "$sys" --label "$sys-loadgen" --rate "$r" --calls "$n" \
-    --watch "$pid" --out "$OUT" --max-s $((d + 30)) "$@" -- \
+    --watch "$pid" --out "$OUT" --max-s $((d + 30)) ${USERTIME:+--usertime} "$@" -- \
     "${GEN[@]}" "$LG" --target 127.0.0.1:$PORT --users "$USERS_CSV" --rate "$r" --count "$n" --duration "$d" \
     --window 2000 --sockets "$LG_SOCKETS" --label "$sys"
 }

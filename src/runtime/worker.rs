@@ -15,7 +15,7 @@ use crate::registrar::{self, AccountKey, Answer, Registrar, Transport};
 use crate::security::{Ban, SourceGuard};
 use crate::sip::headers::{self, RequestHeaders};
 use crate::sip::scan::{self, Header, HeaderName, Message, Method, StartLine};
-use crate::sip::transaction::{ServerTransactions, TxnKeyHasher, TIMER_J_UDP_MS};
+use crate::sip::transaction::{ServerTransactions, TxnKey, TxnKeyHasher, TIMER_J_UDP_MS};
 use crate::sip::write::response_destination;
 use crate::stats::{DropReason, WorkerStats};
 use crate::store::snapshot::Snapshot;
@@ -496,6 +496,17 @@ impl Worker {
             self.on_call_response(data, msg, src, arrived_ns, handed_over);
             return;
         };
+        // A REGISTER's transaction lookup is a cache miss at a busy worker's table size: its
+        // bucket starts loading now, and the parse below covers the wait.
+        let early_key = match method {
+            Method::Register => headers::top_via(msg)
+                .ok()
+                .and_then(|via| self.hasher.early_key(&via, method)),
+            _ => None,
+        };
+        if let Some(key) = early_key {
+            self.txns.prefetch(key);
+        }
         let parsed = headers::request_headers(msg);
         let req = match &parsed {
             Ok(r) => r,
@@ -540,7 +551,9 @@ impl Worker {
                         self.slot_seen_ms[slot] = self.now_ms as u32;
                     }
                 }
-                self.on_register(msg, req, uri, src, arrived_ns, &account);
+                let key = early_key.unwrap_or_else(|| self.hasher.key(req, uri));
+                debug_assert_eq!(key, self.hasher.key(req, uri));
+                self.on_register(msg, req, key, src, arrived_ns, &account);
                 if let Some(to) = self.adopt_for.take() {
                     self.give_slot(&account, to);
                 }
@@ -645,12 +658,11 @@ impl Worker {
         &mut self,
         msg: &Message<'_>,
         req: &RequestHeaders<'_>,
-        uri: &[u8],
+        key: TxnKey,
         src: SocketAddr,
         arrived_ns: u64,
         account: &AccountKey,
     ) {
-        let key = self.hasher.key(req, uri);
         let tag = Self::to_tag(key.low());
         let answer = match self.txns.lookup(key) {
             Some(Recipe::Register(a)) => a,
