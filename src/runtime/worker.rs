@@ -54,8 +54,10 @@ const TIMER_PERIOD_MS: u64 = 100;
 /// Completed transactions forgotten per loop turn at most (Timer J).
 const MAX_TXN_EXPIRY_PER_TURN: usize = 256;
 const PERSIST_PERIOD_MS: u64 = 1000;
-/// Completed transactions kept per worker at most (~110 B each: table entry, load factor, expiry
-/// queue entry).
+/// Completed transactions kept per worker at most (~80 B each: a 64-byte ring entry and 16 B of
+/// index at half load, ~160 MB at the cap). Timer J's 32 s fill it at 62,500 completions/s, about
+/// 31,000 registrations/s (two transactions each) on one worker; past that the oldest are
+/// forgotten early (`ServerTransactions::new`).
 const MAX_TRANSACTIONS: usize = 2_000_000;
 /// A claimed slot moves to another worker only after this long without REGISTERs of it arriving
 /// here (see `Worker::give_slot`).
@@ -498,16 +500,17 @@ impl Worker {
         };
         // A REGISTER's transaction lookup is a cache miss at a busy worker's table size: its
         // bucket starts loading now, and the parse below covers the wait.
-        let early_key = match method {
-            Method::Register => headers::top_via(msg)
-                .ok()
-                .and_then(|via| self.hasher.early_key(&via, method)),
+        let early_via = match method {
+            Method::Register => headers::top_via(msg).ok(),
             _ => None,
         };
+        let early_key = early_via
+            .as_ref()
+            .and_then(|via| self.hasher.early_key(via, method));
         if let Some(key) = early_key {
             self.txns.prefetch(key);
         }
-        let parsed = headers::request_headers(msg);
+        let parsed = headers::request_headers_with(msg, early_via);
         let req = match &parsed {
             Ok(r) => r,
             Err(e) => {

@@ -1236,8 +1236,10 @@ struct Common<'a> {
     content_length: Option<u32>,
 }
 
+/// `top_via`: the first Via header's first via-parm, when the caller has parsed it already
+/// (with [`top_via`]); it is not parsed again.
 #[inline(always)]
-fn common<'a>(m: &Mandatory<'a>) -> Result<Common<'a>, HeaderError> {
+fn common<'a>(m: &Mandatory<'a>, top_via: Option<Via<'a>>) -> Result<Common<'a>, HeaderError> {
     //= https://www.rfc-editor.org/rfc/rfc3261#section-8.1.1
     //# A valid SIP request formulated by a UAC MUST, at a minimum, contain the following header
     //# fields: To, From, CSeq, Call-ID, Max-Forwards, and Via
@@ -1247,7 +1249,10 @@ fn common<'a>(m: &Mandatory<'a>) -> Result<Common<'a>, HeaderError> {
     let to = m.to.ok_or(HeaderError::Missing("To"))?;
     let call_id = m.call_id.ok_or(HeaderError::Missing("Call-ID"))?;
     let cseq = m.cseq.ok_or(HeaderError::Missing("CSeq"))?;
-    let via = parse_via(via)?;
+    let via = match top_via {
+        Some(v) => v,
+        None => parse_via(via)?,
+    };
     let from = parse_name_addr(from).map_err(|_| HeaderError::Malformed("From"))?;
     let to = parse_name_addr(to).map_err(|_| HeaderError::Malformed("To"))?;
     if !is_call_id(call_id) {
@@ -1277,6 +1282,15 @@ fn common<'a>(m: &Mandatory<'a>) -> Result<Common<'a>, HeaderError> {
 /// Via, From, To, Call-ID, CSeq (`Missing`), their syntax (`Malformed`), Max-Forwards 0..=255,
 /// and the CSeq method against the start line, compared as raw tokens (`CSeqMismatch`).
 pub fn request_headers<'a>(msg: &Message<'a>) -> Result<RequestHeaders<'a>, HeaderError> {
+    request_headers_with(msg, None)
+}
+
+/// [`request_headers`] for a caller that has parsed the top Via already ([`top_via`]: the
+/// worker needs it early for a REGISTER's transaction key), so it is not parsed twice.
+pub fn request_headers_with<'a>(
+    msg: &Message<'a>,
+    top_via: Option<Via<'a>>,
+) -> Result<RequestHeaders<'a>, HeaderError> {
     let (method, method_raw, uri_raw, version) = match msg.start {
         StartLine::Request {
             method,
@@ -1299,7 +1313,7 @@ pub fn request_headers<'a>(msg: &Message<'a>) -> Result<RequestHeaders<'a>, Head
     }
     let mut m = Mandatory::default();
     collect(msg, true, &mut m)?;
-    let c = common(&m)?;
+    let c = common(&m, top_via)?;
     let max_forwards = match m.max_forwards {
         None => None,
         //= https://www.rfc-editor.org/rfc/rfc3261#section-20.22
@@ -1343,7 +1357,7 @@ pub fn response_headers<'a>(msg: &Message<'a>) -> Result<ResponseHeaders<'a>, He
     // scan has already refused a response in another version than SIP/2.0
     let mut m = Mandatory::default();
     collect(msg, false, &mut m)?;
-    let c = common(&m)?;
+    let c = common(&m, None)?;
     Ok(ResponseHeaders {
         code,
         via: c.via,
