@@ -11,7 +11,7 @@ pub mod owners;
 pub mod response;
 
 use crate::config::{OnConflict, RegistrarConfig};
-use crate::fasthash::FastMap;
+use crate::fasthash::{FastMap, InlineKey};
 use crate::sip::digest::{self, Algorithm, Nonce, NonceCheck, NonceKey, Qop};
 use crate::sip::headers::{self, Contacts, DigestCredentials, RequestHeaders};
 use crate::sip::scan::{HeaderName, Message};
@@ -203,7 +203,7 @@ pub struct DirtyCredential<'a> {
 pub struct Registrar {
     cfg: RegistrarConfig,
     nonce_key: NonceKey,
-    index: FastMap<Box<[u8]>, u32>,
+    index: FastMap<InlineKey, u32>,
     /// `owners` slot -> this shard's credential states in it (a slot moves as a whole).
     by_slot: FastMap<u16, SmallVec<[u32; 1]>>,
     /// States given away (`take_slot`), reused by the next new credential.
@@ -619,7 +619,7 @@ impl Registrar {
 
     fn insert_state(&mut self, state: CredState) -> usize {
         let owner_slot = owners::slot_of(&state.key) as u16;
-        let key = state.key.clone();
+        let key = InlineKey::from_slice(&state.key);
         let slot = match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = state;
@@ -657,7 +657,7 @@ impl Registrar {
         let mut out = Vec::with_capacity(list.len());
         for i in list {
             let state = std::mem::replace(&mut self.slots[i as usize], CredState::new("", ""));
-            self.index.remove(&state.key);
+            self.index.remove(&state.key[..]);
             self.active -= state.bindings.len();
             if state.dirty {
                 self.dirty.retain(|&d| d != i);
@@ -673,7 +673,7 @@ impl Registrar {
     /// newer state, merged with the older one: bindings it does not know and nonce counts.
     pub fn adopt(&mut self, states: Vec<CredState>) {
         for mut state in states {
-            if let Some(&slot) = self.index.get(&state.key) {
+            if let Some(&slot) = self.index.get(&state.key[..]) {
                 let slot = slot as usize;
                 let was_dirty = self.slots[slot].dirty;
                 let added = self.slots[slot].absorb(state);
@@ -777,7 +777,7 @@ impl Registrar {
     pub fn retain_provisioned(&mut self, snap: &Snapshot) {
         for slot in 0..self.slots.len() {
             let s = &self.slots[slot];
-            if !s.bindings.is_empty() && !snap.credentials.contains_key(&s.key) {
+            if !s.bindings.is_empty() && !snap.credentials.contains_key(&s.key[..]) {
                 self.remove_bindings(slot, |_| true);
                 self.slots[slot].last_accepted_ms = None;
             }

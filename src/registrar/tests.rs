@@ -37,7 +37,7 @@ fn snapshot() -> Snapshot {
         let mut key = smallvec::SmallVec::<[u8; 128]>::new();
         credential_key(user.as_bytes(), REALM.as_bytes(), &mut key);
         s.credentials.insert(
-            key.as_slice().into(),
+            crate::fasthash::InlineKey::from_slice(&key),
             CredentialAuth {
                 id: 1,
                 username: user.into(),

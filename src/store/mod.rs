@@ -15,6 +15,7 @@ pub use numbers::{NewNumber, NewRoute, Number, NumberPatch, Route};
 pub use snapshot::{CredentialAuth, HashPair, Snapshot};
 pub use trunks::{NewTrunk, Trunk, TrunkPatch};
 
+use crate::fasthash::InlineKey;
 use crate::sip::digest::{self, Algorithm, Hex};
 use rand::Rng;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
@@ -814,7 +815,7 @@ impl Store {
             let mut key = smallvec::SmallVec::<[u8; 128]>::new();
             snapshot::credential_key(username.as_bytes(), realm.as_bytes(), &mut key);
             snap.credentials.insert(
-                Box::from(&key[..]),
+                InlineKey::from_slice(&key),
                 CredentialAuth {
                     id: row.get(0)?,
                     username: username.into(),

@@ -5,7 +5,7 @@
 //! for calls. The admin thread builds a new one after every committed write and publishes it
 //! (`ArcSwap`); workers only ever read. Lookups take borrowed data and never allocate.
 
-use crate::fasthash::{FastMap, FastSet};
+use crate::fasthash::{FastMap, FastSet, InlineKey};
 use crate::routing::cidr::CidrTable;
 use crate::routing::numbers::E164;
 use crate::sip::digest::{Algorithm, Hex};
@@ -136,7 +136,7 @@ pub struct Snapshot {
     /// Every provisioned realm, lower-cased (the default realm included).
     pub realms: FastSet<Box<[u8]>>,
     /// Keyed by [`credential_key`].
-    pub credentials: FastMap<Box<[u8]>, CredentialAuth>,
+    pub credentials: FastMap<InlineKey, CredentialAuth>,
     pub trunks: Vec<TrunkPolicy>,
     /// Trunk index by source address, longest prefix first (SPEC §3.3 step 2).
     pub trunk_sources: CidrTable<u32>,
