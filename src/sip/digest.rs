@@ -424,8 +424,9 @@ impl NonceKey {
 
     /// The next salt: a process-wide sequence, so `(issued, salt)` orders nonces by when they
     /// were minted whichever worker minted them (one atomic add per challenge; the registrar's
-    /// nonce-count tracking evicts by that order). It wraps after 2^32 challenges; `issued`
-    /// keeps the order across the wrap except within its one second.
+    /// nonce-count tracking evicts by that order). `mint` keeps its low 31 bits, so nonces' salts
+    /// wrap after 2^31 challenges; `issued` keeps the order across the wrap except within its one
+    /// second.
     pub fn next_salt(&self) -> u32 {
         self.sequence
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
@@ -498,7 +499,8 @@ impl NonceKey {
         let mut head = [0u8; 12];
         head.copy_from_slice(&raw[..12]);
         // Tags are compared in constant time.
-        let genuine = if raw[8] & 0x80 != 0 {
+        let salt = u32::from_be_bytes([raw[8], raw[9], raw[10], raw[11]]);
+        let genuine = if salt & SIPHASH_SALT_BIT != 0 {
             let want = self.sip_tag(&head);
             let diff = want[..NONCE_MAC_LEN]
                 .iter()
