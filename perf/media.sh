@@ -52,6 +52,7 @@ case $DELIVERY in
         || { echo "error: GEN_CPUS=${GEN_CPUS:-1} is not a CPU list"; exit 1; }
       ip netns add "$NS" || { echo "error: cannot create network namespace $NS (root needed)"; exit 1; }
       trap 'ip netns del "$NS"' EXIT
+      trap 'exit 130' INT TERM
       ip netns exec "$NS" sh -c "ip link set lo up && echo $MASK > /sys/class/net/lo/queues/rx-0/rps_cpus" \
         || { echo "error: cannot set up loopback RPS in $NS"; exit 1; }
       SIPEDGE_MEDIA_NETNS=$NS STAMP=$STAMP ip netns exec "$NS" "$0" "$@"
