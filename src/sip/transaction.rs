@@ -55,32 +55,20 @@ const MAGIC_COOKIE: &[u8] = b"z9hG4bK";
 
 impl TxnKeyHasher {
     pub fn key(&self, req: &RequestHeaders<'_>, request_uri: &[u8]) -> TxnKey {
-        let mut g = Gather {
-            buf: [0; GATHER_BYTES],
-            len: 0,
-            ha: self.a.build_hasher(),
-            hb: self.b.build_hasher(),
-        };
-        //= https://www.rfc-editor.org/rfc/rfc3261#section-17.2.3
-        //# the method of the request matches the one that created the transaction, except
-        //# for ACK, where the method of the request that created the transaction is INVITE.
-        let method: &[u8] = match req.method {
-            Method::Ack => b"INVITE",
-            Method::Other => req.cseq.method_raw,
-            m => m.as_str().as_bytes(),
-        };
+        let method = matching_method(req.method).unwrap_or(req.cseq.method_raw);
         match req.via.branch {
             Some(branch) if branch.starts_with(MAGIC_COOKIE) => {
                 //# 1. the branch parameter in the request is equal to the one in the top Via
                 //# header field of the request that created the transaction, and
                 //# 2. the sent-by value in the top Via of the request is equal to the one in
                 //# the request that created the transaction
-                Self::feed_rfc3261(&mut g, branch, &req.via, method);
+                self.rfc3261_key(branch, &req.via, method)
             }
             _ => {
                 //= https://www.rfc-editor.org/rfc/rfc3261#section-17.2.3
                 //# the Request-URI, To tag, From tag, Call-ID, CSeq, and top Via header field
                 //# match those of the INVITE request which created the transaction
+                let mut g = self.gather();
                 g.feed(request_uri);
                 g.feed(req.to.tag.unwrap_or_default());
                 g.feed(req.from.tag.unwrap_or_default());
@@ -88,9 +76,9 @@ impl TxnKeyHasher {
                 g.feed(&req.cseq.seq.to_be_bytes());
                 g.feed(req.via.raw);
                 g.feed(method);
+                g.finish()
             }
         }
-        g.finish()
     }
 
     /// The key of a request with an RFC 3261 branch, from its top Via and method alone: the
@@ -99,26 +87,38 @@ impl TxnKeyHasher {
     /// extension method (whose key takes the CSeq's spelling of it).
     pub fn early_key(&self, via: &Via<'_>, method: Method) -> Option<TxnKey> {
         let branch = via.branch.filter(|b| b.starts_with(MAGIC_COOKIE))?;
-        let method: &[u8] = match method {
-            Method::Ack => b"INVITE",
-            Method::Other => return None,
-            m => m.as_str().as_bytes(),
-        };
-        let mut g = Gather {
-            buf: [0; GATHER_BYTES],
-            len: 0,
-            ha: self.a.build_hasher(),
-            hb: self.b.build_hasher(),
-        };
-        Self::feed_rfc3261(&mut g, branch, via, method);
-        Some(g.finish())
+        Some(self.rfc3261_key(branch, via, matching_method(method)?))
     }
 
-    fn feed_rfc3261(g: &mut Gather, branch: &[u8], via: &Via<'_>, method: &[u8]) {
+    fn rfc3261_key(&self, branch: &[u8], via: &Via<'_>, method: &[u8]) -> TxnKey {
+        let mut g = self.gather();
         g.feed(branch);
         g.feed(via.host);
         g.feed(&via.port.unwrap_or(0).to_be_bytes());
         g.feed(method);
+        g.finish()
+    }
+
+    fn gather(&self) -> Gather {
+        Gather {
+            buf: [0; GATHER_BYTES],
+            len: 0,
+            ha: self.a.build_hasher(),
+            hb: self.b.build_hasher(),
+        }
+    }
+}
+
+//= https://www.rfc-editor.org/rfc/rfc3261#section-17.2.3
+//# the method of the request matches the one that created the transaction, except
+//# for ACK, where the method of the request that created the transaction is INVITE.
+/// The method a request's transaction is matched by; `None` for an extension method, which is
+/// matched by its CSeq spelling.
+fn matching_method(method: Method) -> Option<&'static [u8]> {
+    match method {
+        Method::Ack => Some(b"INVITE"),
+        Method::Other => None,
+        m => Some(m.as_str().as_bytes()),
     }
 }
 
