@@ -5,7 +5,7 @@
 # rate, stop it, sum the instructions of every process/thread it had, and report
 # (total(N2) - total(N1)) / (N2 - N1): start-up, idle loops and shutdown cancel out.
 # Loopback only; every process is bounded and stopped by PID.
-#   usage: [SYSTEMS="raw kamailio sipedge"] [KEEP=1] perf/callgrind_compare.sh [N1=1000] [N2=4000] [RATE=400]
+#   usage: [SYSTEMS="raw kamailio sipedge"] [KEEP=1] [SIPEDGE=binary] perf/callgrind_compare.sh [N1=1000] [N2=4000] [RATE=400]
 #   (KEEP=1 keeps the callgrind outputs for callgrind_annotate)
 # Needs: valgrind, kamailio, and the reference kit's bin/sip_responder in $REF (default
 # /tmp/sipedge-ref: copy ../shared/reference there and run its install.sh). Users come from
@@ -18,6 +18,7 @@ N1=${1:-1000}; N2=${2:-4000}; RATE=${3:-400}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 REF=${REF:-/tmp/sipedge-ref}
 LG=$ROOT/target/release/sipedge-loadgen
+SE=${SIPEDGE:-$ROOT/target/release/sipedge}
 command -v valgrind >/dev/null || { echo "error: valgrind is not installed"; exit 1; }
 (cd "$ROOT" && cargo build --release --quiet --bin sipedge --bin sipedge-loadgen) || exit 1
 W=$(mktemp -d /tmp/sipedge-cgc.XXXXXX)
@@ -65,8 +66,8 @@ measure() { # system N -> total Ir of that run
     sipedge)
       sed -e "s/127.0.0.1:5070/127.0.0.1:$PORT/; s/127.0.0.1:8090/127.0.0.1:8470/" -e 's/^workers = 2 /workers = 1 /' \
         "$ROOT/perf/register.toml" > r.toml
-      "$ROOT/target/release/sipedge" credentials add --config r.toml --username probe --password probe-password >/dev/null 2>&1
-      RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$d/cg.out.%p" "$ROOT/target/release/sipedge" run --config r.toml >se.log 2>&1 &
+      "$SE" credentials add --config r.toml --username probe --password probe-password >/dev/null 2>&1
+      RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$d/cg.out.%p" "$SE" run --config r.toml >se.log 2>&1 &
       for _ in $(seq 1 120); do curl -sf 127.0.0.1:8470/health >/dev/null 2>&1 && break; sleep 0.5; done
       curl -sf -o /dev/null -H "Authorization: Bearer $(cat sipedge-perf/admin.token)" -H 'content-type: application/json' \
         --data @"$W/users/credentials.json" 127.0.0.1:8470/api/v1/credentials ;;

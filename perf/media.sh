@@ -16,6 +16,7 @@
 #   STEP_S=8                         seconds per step
 #   MEDIA_WORKERS=1                  sipedge media threads (rtpengine: THREADS=2, as in the kit)
 #   SKIP_BUILD=                      1: use target/release/sipedge-mediabench as it is
+#   MEDIABENCH=target/release/sipedge-mediabench   the relay binary (e.g. target/pgo/sipedge-mediabench)
 #   REF=/tmp/sipedge-ref             scratch copy of shared/reference (copied + installed if missing)
 #   PLACEMENT=split                  split: the relay confined to SUT_CPUS, the blaster and the sink
 #                                    (rtp_bench.py) to GEN_CPUS (taskset); free: no taskset (see
@@ -61,7 +62,7 @@ case $DELIVERY in
   *) echo "error: DELIVERY must be loopback or rps, got '$DELIVERY'"; exit 1 ;;
 esac
 OUT=${OUT:-$PERF/results/media-$STAMP.jsonl}
-BENCH=$ROOT/target/release/sipedge-mediabench
+BENCH=${MEDIABENCH:-$ROOT/target/release/sipedge-mediabench}
 WORK=$(mktemp -d /tmp/sipedge-media.XXXXXX)
 mkdir -p "$(dirname "$OUT")"
 . "$PERF/placement.sh"

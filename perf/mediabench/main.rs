@@ -4,7 +4,8 @@
 //!
 //! Session i: leg A signalled at 127.0.0.1:(A_BASE+2i), leg B at 127.0.0.1:(B_BASE+2i). Prints
 //! `ports P1,P2,...` (the A-leg ports a blaster sends to) and `ready`, relays for `--seconds`,
-//! prints the relay's counters and exits.
+//! prints the relay's counters and exits; SIGTERM or SIGINT end it the same way, early (so an
+//! instrumented build for scripts/build-pgo.sh writes its profile when perf/media.sh stops it).
 //!
 //! usage: sipedge-mediabench [--sessions 4000] [--workers 1] [--port-min 10000]
 //!                           [--a-base 30000] [--b-base 50000] [--seconds 120]
@@ -12,7 +13,8 @@
 use sipedge::config::MediaConfig;
 use sipedge::media::{Leg, Media};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn arg(args: &[String], name: &str, default: u64) -> u64 {
@@ -65,8 +67,12 @@ fn main() {
     std::thread::sleep(Duration::from_millis(200 + sessions as u64 / 10));
     println!("ports {}", ports.join(","));
     println!("ready");
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).expect("signal handler");
+    }
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && !stop.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
     }
     let s = media.stats();
