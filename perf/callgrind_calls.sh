@@ -6,7 +6,7 @@
 # instructions of every process/thread, and report (total(N2) - total(N1)) / (N2 - N1), so
 # start-up, idle loops and shutdown cancel out. Kernel time is not counted (callgrind sees user
 # space only). Loopback only; every process is bounded and stopped by its PID.
-#   usage: [SYSTEMS="kamailio sipedge"] [KEEP=1] perf/callgrind_calls.sh [N1=100] [N2=400] [RATE=50]
+#   usage: [SYSTEMS="kamailio sipedge"] [KEEP=1] [SIPEDGE=binary] perf/callgrind_calls.sh [N1=100] [N2=400] [RATE=50]
 #   (KEEP=1 keeps the callgrind outputs for callgrind_annotate)
 # Needs: valgrind, sipp, kamailio, and the reference kit in $REF (default /tmp/sipedge-ref).
 set -u
@@ -59,7 +59,7 @@ measure() { # system N -> "total_Ir successful_calls"
       sed -e "s/127.0.0.1:5070/127.0.0.1:$PORT/; s/127.0.0.1:5090/127.0.0.1:$UAS_PORT/" \
         -e "s/127.0.0.1:8091/$ADMIN/" -e 's/^workers = 2 /workers = 1 /' "$ROOT/perf/calls.toml" > c.toml
       RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$d/cg.out.%p" \
-        "$ROOT/target/release/sipedge" run --config c.toml >se.log 2>&1 &
+        "${SIPEDGE:-$ROOT/target/release/sipedge}" run --config c.toml >se.log 2>&1 &
       PID=$!
       for _ in $(seq 1 120); do curl -sf "http://$ADMIN/health" >/dev/null 2>&1 && break; sleep 0.5; done
       api POST /api/v1/tenants '{"name":"perf"}'

@@ -21,8 +21,8 @@
 # hash includes it), which profile matching depends on.
 #
 # usage: scripts/build-pgo.sh        -> target/pgo/sipedge, target/pgo/sipedge-mediabench
-# environment: PGO_STEP_S=8 (seconds per training step), KEEP_PROFILE=1 (keep target/pgo/*.profdata
-#   is always kept; this also keeps the raw profiles)
+# environment: PGO_STEP_S=8 (seconds per training step), KEEP_PROFILE=1 (also keep the raw
+#   profiles and the training logs in target/pgo-data; target/pgo/sipedge.profdata is always kept)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -35,6 +35,7 @@ log() { echo "[$(date +%H:%M:%S)] build-pgo: $*"; }
 
 PROFDATA=$(rustc --print sysroot)/lib/rustlib/$TRIPLE/bin/llvm-profdata
 if [ ! -x "$PROFDATA" ]; then
+  command -v rustup >/dev/null || { echo "error: $PROFDATA missing and no rustup to add llvm-tools with"; exit 1; }
   log "installing rustup component llvm-tools (for llvm-profdata)"
   rustup component add llvm-tools
 fi
