@@ -100,6 +100,7 @@ fi
   echo "rtpengine: $(rtpengine --version 2>&1 | head -1)"
   H=$(cat "$ROOT/.git/HEAD" 2>/dev/null); R=${H#ref: }
   echo "commit: $( [ "$R" != "$H" ] && cat "$ROOT/.git/$R" 2>/dev/null || echo "$H")"
+  echo "sipedge-mediabench binary: $BENCH ($(stat -c '%y, %s bytes' "$BENCH" 2>/dev/null || echo missing))"
   placement_meta
   echo "delivery: $DELIVERY$( [ "$DELIVERY" = rps ] && echo " (namespace ${SIPEDGE_MEDIA_NETNS:-}, lo rps_cpus $(cat /sys/class/net/lo/queues/rx-0/rps_cpus))")"
   echo "env: SYSTEMS='$SYSTEMS' SESSIONS=$SESSIONS RATES='$RATES' STEP_S=$STEP_S MEDIA_WORKERS=$MEDIA_WORKERS THREADS=$THREADS"

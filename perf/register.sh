@@ -115,6 +115,7 @@ USERS_CSV=$WORK/users/users.csv
   # the commit without running git: .git/HEAD -> ref file (or a detached hash)
   H=$(cat "$ROOT/.git/HEAD" 2>/dev/null); R=${H#ref: }
   echo "commit: $( [ "$R" != "$H" ] && cat "$ROOT/.git/$R" 2>/dev/null || echo "$H")"
+  echo "sipedge binary: $SIPEDGE ($(stat -c '%y, %s bytes' "$SIPEDGE" 2>/dev/null || echo missing))"
   placement_meta
   echo "env: SYSTEMS='$SYSTEMS' RATES='$RATES' LG_RATES='$LG_RATES' STEP_S=$STEP_S USERS=$USERS LAT_RATES='$LAT_RATES' HALF_S=$HALF_S LG_SOCKETS=$LG_SOCKETS"
 } | tee -a "${OUT%.jsonl}.meta"
