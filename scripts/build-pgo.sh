@@ -11,7 +11,7 @@
 #   4. the optimized build (-Cprofile-use) into target/pgo-use, copied to target/pgo/.
 #
 # Why: LLVM then lays the hot path out contiguously and inlines by measured call counts. On the
-# registration path that is ~15 % fewer instructions than the plain release build (perf/RESULTS.md,
+# registration path that is ~16 % fewer instructions than the plain release build (perf/RESULTS.md,
 # session 9). Behaviour is identical: PGO changes code layout and inlining, never semantics, and
 # the test suite covers the same source. Training code paths that the runs do not reach are
 # compiled as cold (smaller, out of line), so the runs cover every hot path sipedge has.
