@@ -13,8 +13,9 @@
 # Why: LLVM then lays the hot path out contiguously and inlines by measured call counts. On the
 # registration path that is ~16 % fewer instructions than the plain release build (perf/RESULTS.md,
 # session 9). Behaviour is identical: PGO changes code layout and inlining, never semantics, and
-# the test suite covers the same source. Training code paths that the runs do not reach are
-# compiled as cold (smaller, out of line), so the runs cover every hot path sipedge has.
+# the test suite covers the same source. Code the training runs never reach counts as cold: it
+# is inlined less and placed away from the hot text, which is why the runs cover all three hot
+# paths sipedge has (registrations, calls, media).
 #
 # Both builds name the target triple explicitly: with --target, RUSTFLAGS reach only sipedge's own
 # crates and not build scripts, and symbol hashes match between the two builds (cargo's metadata
