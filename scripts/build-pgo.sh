@@ -51,20 +51,18 @@ CARGO_TARGET_DIR=$ROOT/target/pgo-gen RUSTFLAGS="-Cprofile-generate=$DATA" \
   cargo build --release --quiet --target "$TRIPLE" "${BINS[@]}"
 GEN=$ROOT/target/pgo-gen/$TRIPLE/release
 
-export LLVM_PROFILE_FILE=$DATA/%p-%m.profraw
-log "training: registrations (perf/register.sh)"
-SIPEDGE=$GEN/sipedge SYSTEMS=sipedge SKIP_BUILD=1 RATES=16000 LG_RATES=32000 LAT_RATES=" " \
-  STEP_S=$STEP_S OUT=$DATA/register.jsonl perf/register.sh > "$DATA/register.log" 2>&1 \
-  || { echo "error: training run failed, see $DATA/register.log"; exit 1; }
-log "training: calls (perf/calls.sh)"
-SIPEDGE=$GEN/sipedge SYSTEMS=sipedge SKIP_BUILD=1 RATES=2000 MEM_STEP=0 STEP_S=$STEP_S \
-  OUT=$DATA/calls.jsonl perf/calls.sh > "$DATA/calls.log" 2>&1 \
-  || { echo "error: training run failed, see $DATA/calls.log"; exit 1; }
-log "training: media relay (perf/media.sh)"
-MEDIABENCH=$GEN/sipedge-mediabench SYSTEMS=sipedge SKIP_BUILD=1 RATES=100000 STEP_S=$STEP_S \
-  OUT=$DATA/media.jsonl perf/media.sh > "$DATA/media.log" 2>&1 \
-  || { echo "error: training run failed, see $DATA/media.log"; exit 1; }
-unset LLVM_PROFILE_FILE
+# One bounded perf/ script run of the instrumented build: train NAME [VAR=VALUE ...] runs
+# perf/NAME.sh with those variables, its log and JSON lines in $DATA.
+train() {
+  local name=$1; shift
+  log "training: perf/$name.sh"
+  env "$@" SYSTEMS=sipedge SKIP_BUILD=1 STEP_S="$STEP_S" OUT="$DATA/$name.jsonl" \
+    LLVM_PROFILE_FILE="$DATA/%p-%m.profraw" "perf/$name.sh" > "$DATA/$name.log" 2>&1 \
+    || { echo "error: training run failed, see $DATA/$name.log"; exit 1; }
+}
+train register SIPEDGE="$GEN/sipedge" RATES=16000 LG_RATES=32000 LAT_RATES=" "
+train calls SIPEDGE="$GEN/sipedge" RATES=2000 MEM_STEP=0
+train media MEDIABENCH="$GEN/sipedge-mediabench" RATES=100000
 
 n=$(find "$DATA" -name '*.profraw' | wc -l)
 [ "$n" -gt 0 ] || { echo "error: the training runs wrote no profiles"; exit 1; }
