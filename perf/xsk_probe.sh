@@ -18,7 +18,7 @@
 # relay is stopped by its PID.
 #
 # usage: perf/xsk_probe.sh
-# environment: SYSTEMS="raw raw-streams xsk sipedge" RATES="50000 100000 150000 200000" STEP_S=6
+# environment: SYSTEMS="raw raw-streams xsk sipedge sipedge-xdp" RATES="50000 100000 150000 200000" STEP_S=6
 #   SESSIONS=4000 SUT_CPUS=0 GEN_CPUS=1 REF=/tmp/sipedge-ref
 #   MEDIABENCH=target/release/sipedge-mediabench OUT=perf/results/xsk-<date>.jsonl
 # needs: root, clang, libbpf-dev, libxdp-dev (installed with apt-get if missing), the kit in $REF
@@ -95,6 +95,12 @@ for sys in $SYSTEMS; do
       PORTS=$(sed -n 's/^ports //p' "$W/mb.log")
       [ -n "$PORTS" ] || { echo "error: sipedge-mediabench did not start"; exit 1; }
       steps sipedge-m1 "$N" "$PORTS" ;;
+    sipedge-xdp) log "sipedge media relay over AF_XDP (media.xdp_interface = lo), $N sessions"
+      taskset -c "$SUT_CPUS" "$MB" --sessions "$N" --workers 1 --port-min 10000 --seconds 600 --xdp lo >"$W/mb.log" 2>&1 & PID=$!
+      for _ in $(seq 100); do grep -q ready "$W/mb.log" && break; sleep 0.2; done
+      PORTS=$(sed -n 's/^ports //p' "$W/mb.log")
+      [ -n "$PORTS" ] || { echo "error: sipedge-mediabench did not start"; exit 1; }
+      steps sipedge-xdp "$N" "$PORTS" ;;
     *) echo "error: unknown system $sys"; exit 1 ;;
   esac
   stop

@@ -123,6 +123,8 @@ pub struct MediaConfig {
     pub port_max: u16,
     pub workers: usize,
     pub timeout_s: u32,
+    /// The interface whose media frames go through AF_XDP sockets ("" = none; `media::xdp`).
+    pub xdp_interface: String,
 }
 
 #[derive(Clone, Debug)]
@@ -466,6 +468,7 @@ struct RawMedia {
     port_max: i64,
     workers: i64,
     timeout_s: i64,
+    xdp_interface: String,
 }
 
 impl Default for RawMedia {
@@ -477,6 +480,7 @@ impl Default for RawMedia {
             port_max: 60000,
             workers: 1,
             timeout_s: 60,
+            xdp_interface: String::new(),
         }
     }
 }
@@ -966,7 +970,30 @@ impl RawMedia {
             port_max,
             workers: int("media.workers", self.workers, 1, 1024)?,
             timeout_s: int("media.timeout_s", self.timeout_s, 1, U32_MAX)?,
+            xdp_interface: interface_name("media.xdp_interface", self.xdp_interface)?,
         })
+    }
+}
+
+/// A network interface's name as the kernel takes it: at most 15 bytes (IFNAMSIZ - 1), none
+/// of them '/', ':', NUL or white space; "" for none. Whether it exists is checked at start.
+fn interface_name(field: &str, name: String) -> Result<String, ConfigError> {
+    let bad = name
+        .chars()
+        .find(|c| c.is_whitespace() || matches!(c, '/' | ':' | '\0'));
+    match bad {
+        _ if name.len() > 15 => Err(invalid(
+            field,
+            format!("{name:?} is longer than an interface name can be (15 bytes)"),
+        )),
+        Some(c) => Err(invalid(
+            field,
+            format!("{name:?} holds {c:?}, which no interface name does"),
+        )),
+        None if name == "." || name == ".." => {
+            Err(invalid(field, format!("{name:?} is not an interface name")))
+        }
+        None => Ok(name),
     }
 }
 
@@ -1395,6 +1422,11 @@ path = "/var/log/sipedge/cdr.jsonl"
             ),
             ("[media]\nworkers = 0", "media.workers"),
             ("[media]\ntimeout_s = 0", "media.timeout_s"),
+            (
+                "[media]\nxdp_interface = \"a-name-longer-than-15\"",
+                "media.xdp_interface",
+            ),
+            ("[media]\nxdp_interface = \"eth 0\"", "media.xdp_interface"),
             ("[admin]\nlisten = \"localhost:8080\"", "admin.listen"),
             ("[admin]\nlisten = \"127.0.0.1\"", "admin.listen"),
             ("[store]\npath = \"\"", "store.path"),

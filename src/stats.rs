@@ -373,6 +373,11 @@ pub fn render_media(m: &crate::media::MediaStats, out: &mut String) {
     );
     let _ = writeln!(
         out,
+        "# HELP sipedge_media_xdp_packets_total Of those, packets relayed frame to frame through AF_XDP (media.xdp_interface).\n# TYPE sipedge_media_xdp_packets_total counter\nsipedge_media_xdp_packets_total {}",
+        m.xdp_packets.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
         "# HELP sipedge_media_bytes_total RTP/RTCP bytes relayed.\n# TYPE sipedge_media_bytes_total counter\nsipedge_media_bytes_total {}",
         m.bytes.load(Relaxed)
     );

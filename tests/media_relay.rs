@@ -2,13 +2,16 @@
 //! latching to the source an endpoint really sends from, strays dropped and counted, and blocks
 //! coming back to the pool when calls end (no leak over 10,000 sessions).
 //!
-//! Each test runs twice: with the ports steered to one socket per media thread (where the
-//! process may attach the BPF program, as root in CI) and with a socket polled per port.
+//! Each test runs three times: with the ports steered to one socket per media thread (where the
+//! process may attach the BPF program, as root in CI), with a socket polled per port, and with
+//! frames through AF_XDP (`media.xdp_interface = "lo"`, one media thread) in a network namespace
+//! of the test's own thread, so the XDP program never sees the host's lo.
 //! Each run takes its own port range (at most 128 ports) in a zone no other test uses, so tests
 //! run in parallel.
 
 use sipedge::config::MediaConfig;
 use sipedge::media::{Block, Leg, Media, Receive};
+use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,18 +34,24 @@ fn media_on(address: &str, ports: u16, receive: Receive) -> Media {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let slot = (std::process::id().wrapping_mul(7) + n) % 24;
     let base = 62_400 + slot as u16 * 128;
+    let xdp = XDP.with(Cell::get);
     let cfg = MediaConfig {
         address: address.into(),
         advertise: String::new(),
         port_min: base,
         port_max: base + ports - 1,
-        workers: 2,
+        workers: if xdp { 1 } else { 2 },
         timeout_s: 60,
+        xdp_interface: if xdp { "lo".into() } else { String::new() },
     };
     let (m, _threads) =
         Media::start_with(&cfg, "127.0.0.1".parse().unwrap(), &[], receive).expect("media threads");
     let steered = receive == Receive::Steered && may_attach_bpf();
     assert_eq!(m.steered(), steered, "steering as asked for");
+    if xdp && !address.contains(':') {
+        assert_eq!(m.xdp_queues(), 1, "lo's one queue through AF_XDP");
+        STARTED.with(|v| v.borrow_mut().push(m.clone()));
+    }
     // Raw sends come with steering, for an IPv4 media address, given CAP_NET_RAW (13).
     if !address.contains(':') {
         assert_eq!(
@@ -70,6 +79,76 @@ fn has_cap(bit: u32) -> bool {
     eff & (1 << bit) != 0
 }
 
+thread_local! {
+    /// Set on a test thread that runs in its own network namespace: media goes through AF_XDP.
+    static XDP: Cell<bool> = const { Cell::new(false) };
+    /// The media instances started there, to check that frames really took that path.
+    static STARTED: RefCell<Vec<Media>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `body` on a thread in a network namespace of its own (lo up, and lo's 127.0.0.0/8
+/// accepted back from an AF_XDP socket: `media::xdp` says why), with AF_XDP media, and checks
+/// that every IPv4 media instance it started relayed packets that way. False when the process
+/// may not (no CAP_SYS_ADMIN for the namespace, no CAP_BPF/CAP_NET_ADMIN for XDP).
+fn in_own_netns(body: impl FnOnce() + Send + 'static) -> bool {
+    if !may_attach_bpf() || !has_cap(21) {
+        eprintln!("skipped: no capabilities for a network namespace with XDP");
+        return false;
+    }
+    std::thread::spawn(move || {
+        // SAFETY: unshare(2) on this thread alone: its sockets and the threads it spawns live
+        // in the new namespace, the rest of the test process stays where it was.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+        lo_up();
+        for (path, v) in [
+            ("/proc/sys/net/ipv4/conf/lo/route_localnet", "1"),
+            ("/proc/sys/net/ipv4/conf/lo/accept_local", "1"),
+            ("/proc/sys/net/ipv4/conf/all/accept_local", "1"),
+        ] {
+            std::fs::write(path, v).unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+        XDP.with(|x| x.set(true));
+        body();
+        STARTED.with(|v| {
+            use std::sync::atomic::Ordering::Relaxed;
+            for m in v.borrow().iter() {
+                // A packet in flight while its block is being opened may pass the XDP program
+                // just before the block is owned and the steering program just after: it takes
+                // the socket path. Every other one leaves frame to frame (on lo every next hop
+                // is known). `xdp_frames_and_sockets_split_by_thread` counts exactly.
+                let (all, framed) = (
+                    m.stats().packets.load(Relaxed),
+                    m.stats().xdp_packets.load(Relaxed),
+                );
+                assert!(
+                    all == 0 || framed > 0,
+                    "none of {all} relayed through AF_XDP"
+                );
+            }
+        });
+    })
+    .join()
+    .map_err(std::panic::resume_unwind)
+    .unwrap();
+    true
+}
+
+/// Sets the calling thread's namespace's lo up (SIOCSIFFLAGS).
+fn lo_up() {
+    // SAFETY: an ifreq for "lo", read and written back by ioctl on a socket closed after.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0);
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req), 0);
+        libc::close(fd);
+    }
+}
+
 /// Runs a test body once per way of receiving.
 macro_rules! both {
     ($($name:ident),* $(,)?) => {$(
@@ -81,6 +160,10 @@ macro_rules! both {
             #[test]
             fn per_port() {
                 super::$name(sipedge::media::Receive::PerPort)
+            }
+            #[test]
+            fn xdp() {
+                super::in_own_netns(|| super::$name(sipedge::media::Receive::Steered));
             }
         }
     )*};
@@ -414,6 +497,7 @@ fn a_second_instance_on_the_same_range_fails_at_start() {
             port_max: first + 15,
             workers: 2,
             timeout_s: 60,
+            xdp_interface: String::new(),
         };
         let err = Media::start_with(&cfg, "127.0.0.1".parse().unwrap(), &[], receive)
             .err()
@@ -426,4 +510,74 @@ fn a_second_instance_on_the_same_range_fails_at_start() {
         assert!(text.contains("another sipedge"), "{text}");
         drop(m);
     }
+}
+
+/// With AF_XDP on lo (one queue) and two media threads, thread 0 serves the queue: its blocks'
+/// packets leave frame to frame, thread 1's take the steered socket and the raw sender, and both
+/// calls' media flows byte for byte from the right ports.
+#[test]
+fn xdp_frames_and_sockets_split_by_thread() {
+    in_own_netns(|| {
+        use std::sync::atomic::Ordering::Relaxed;
+        let base = 62_400;
+        let cfg = MediaConfig {
+            address: "127.0.0.1".into(),
+            advertise: String::new(),
+            port_min: base,
+            port_max: base + 63,
+            workers: 2,
+            timeout_s: 60,
+            xdp_interface: "lo".into(),
+        };
+        let (m, _threads) =
+            Media::start_with(&cfg, "127.0.0.1".parse().unwrap(), &[], Receive::Steered).unwrap();
+        assert_eq!(m.xdp_queues(), 1);
+        let pairs: Vec<_> = (0..2)
+            .map(|_| (endpoint("127.0.0.1"), endpoint("127.0.0.1")))
+            .collect();
+        // One call on each thread (block b is thread b % 2's).
+        let calls: Vec<_> = pairs
+            .iter()
+            .enumerate()
+            .map(|(t, (a, b))| {
+                let block = m.allocate(t as u64).expect("a block");
+                assert_eq!(block.0 as usize % 2, t);
+                m.set_remote(block, Leg::A, Some(a.local_addr().unwrap()), now_ms());
+                m.set_remote(block, Leg::B, Some(b.local_addr().unwrap()), now_ms());
+                (block, m.port(block, Leg::A), m.port(block, Leg::B))
+            })
+            .collect();
+        for ((a, b), (_, pa, _)) in pairs.iter().zip(&calls) {
+            send_until_heard(a, *pa, b, 1);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let (all0, framed0) = (
+            m.stats().packets.load(Relaxed),
+            m.stats().xdp_packets.load(Relaxed),
+        );
+        for ((a, b), (_, pa, pb)) in pairs.iter().zip(&calls) {
+            for seq in 10..20 {
+                a.send_to(&rtp(seq), ("127.0.0.1", *pa)).unwrap();
+                let (pkt, src) = recv(b).expect("A -> B");
+                assert_eq!(
+                    (pkt, src),
+                    (rtp(seq), SocketAddr::from(([127, 0, 0, 1], *pb)))
+                );
+                b.send_to(&rtp(seq + 100), ("127.0.0.1", *pb)).unwrap();
+                let (pkt, src) = recv(a).expect("B -> A");
+                assert_eq!(
+                    (pkt, src),
+                    (rtp(seq + 100), SocketAddr::from(([127, 0, 0, 1], *pa)))
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let all = m.stats().packets.load(Relaxed) - all0;
+        let framed = m.stats().xdp_packets.load(Relaxed) - framed0;
+        assert_eq!(all, 40, "both calls, both ways ({framed} frame to frame)");
+        assert_eq!(
+            framed, 20,
+            "thread 0's call frame to frame, thread 1's through sockets"
+        );
+    });
 }

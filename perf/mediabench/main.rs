@@ -8,7 +8,7 @@
 //! instrumented build for scripts/build-pgo.sh writes its profile when perf/media.sh stops it).
 //!
 //! usage: sipedge-mediabench [--sessions 4000] [--workers 1] [--port-min 10000]
-//!                           [--a-base 30000] [--b-base 50000] [--seconds 120]
+//!                           [--a-base 30000] [--b-base 50000] [--seconds 120] [--xdp IFACE]
 
 use sipedge::config::MediaConfig;
 use sipedge::media::{Leg, Media};
@@ -44,7 +44,18 @@ fn main() {
         port_max: (u32::from(port_min) + blocks_needed + 3).min(65_535) as u16,
         workers,
         timeout_s: 60,
+        xdp_interface: args
+            .iter()
+            .position(|a| a == "--xdp")
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_default(),
     };
+    // Warnings (steering or AF_XDP refused) go to stderr, as `sipedge run` logs them.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .try_init();
     let (media, threads) =
         Media::start(&cfg, "127.0.0.1".parse().unwrap(), &[]).expect("media threads");
     let now = SystemTime::now()
@@ -65,6 +76,12 @@ fn main() {
     }
     // Let the media threads bind every socket before anyone sends.
     std::thread::sleep(Duration::from_millis(200 + sessions as u64 / 10));
+    println!(
+        "steered={} raw_sends={} xdp_queues={}",
+        media.steered(),
+        media.sends_raw(),
+        media.xdp_queues()
+    );
     println!("ports {}", ports.join(","));
     println!("ready");
     let stop = Arc::new(AtomicBool::new(false));
@@ -77,8 +94,9 @@ fn main() {
     }
     let s = media.stats();
     println!(
-        "relayed={} bytes={} stray={} no_session={}",
+        "relayed={} xdp={} bytes={} stray={} no_session={}",
         s.packets.load(Relaxed),
+        s.xdp_packets.load(Relaxed),
         s.bytes.load(Relaxed),
         s.dropped_stray.load(Relaxed),
         s.dropped_no_session.load(Relaxed)

@@ -14,15 +14,17 @@
 //! `close`). The media thread takes the block's ports when it gets `open` (steers them to its
 //! socket, or binds the block's sockets); RTP only flows after the answer, long after.
 
+mod bpf;
 mod raw;
 mod relay;
 pub mod sdp;
 mod steer;
+mod xdp;
 
 use crate::config::MediaConfig;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Which leg a port belongs to: A faces the caller, B the callee.
@@ -89,6 +91,8 @@ impl BlockCounters {
 pub struct MediaStats {
     pub sessions_active: AtomicI64,
     pub packets: AtomicU64,
+    /// Of `packets`, those relayed frame to frame through AF_XDP.
+    pub xdp_packets: AtomicU64,
     pub bytes: AtomicU64,
     pub dropped_stray: AtomicU64,
     pub dropped_no_session: AtomicU64,
@@ -115,6 +119,8 @@ struct Shared {
     steered: AtomicBool,
     /// Set once a media thread sends IPv4 through its raw socket.
     raw_sends: AtomicBool,
+    /// Interface queues whose media frames reach a media thread through AF_XDP.
+    xdp_queues: AtomicU32,
 }
 
 /// How a media thread receives its ports' packets.
@@ -169,6 +175,64 @@ fn steer(shared: &Arc<Shared>, sockets: &[socket2::Socket]) -> Option<Arc<steer:
             None
         }
     }
+}
+
+/// The XDP program on `interface` and the queues to open AF_XDP sockets on; None (logged once)
+/// when the kernel refuses.
+fn attach_xdp(
+    shared: &Arc<Shared>,
+    interface: &str,
+    threads: u32,
+    steering: &steer::Steering,
+) -> Option<(Arc<xdp::Xdp>, Vec<u32>)> {
+    if !shared.bind.is_ipv4() {
+        tracing::warn!("media.xdp_interface needs an IPv4 media.address: not used");
+        return None;
+    }
+    let span = shared.blocks * u32::from(BLOCK_PORTS);
+    match xdp::Xdp::attach(
+        interface,
+        shared.base,
+        span,
+        BLOCK_PORTS.trailing_zeros(),
+        shared.bind,
+        threads,
+        steering.owners(),
+    ) {
+        Ok(x) => {
+            tracing::info!(
+                interface,
+                queues = x.queues,
+                mode = if x.native { "native" } else { "generic" },
+                "media frames of {interface} through AF_XDP"
+            );
+            let queues = (0..x.queues).collect();
+            Some((Arc::new(x), queues))
+        }
+        Err(e) => {
+            tracing::warn!("AF_XDP on {interface} unavailable ({e}): media stays on sockets");
+            None
+        }
+    }
+}
+
+/// AF_XDP sockets on the `queues` thread `t` of `threads` serves (queue q: thread q % threads);
+/// a queue whose socket the kernel refuses stays with the kernel (logged).
+fn open_xsks(x: &xdp::Xdp, queues: &[u32], t: usize, threads: usize) -> Vec<xdp::Xsk> {
+    queues
+        .iter()
+        .filter(|&&q| q as usize % threads == t)
+        .filter_map(|&q| match xdp::Xsk::open(x.ifindex, q) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(
+                    queue = q,
+                    "AF_XDP socket refused ({e}): the queue's media frames stay with the kernel"
+                );
+                None
+            }
+        })
+        .collect()
 }
 
 /// Receive buffer of a steered socket: the queue of every call on its thread (≈ 25 ms of
@@ -235,6 +299,7 @@ impl Media {
             stats: MediaStats::default(),
             steered: AtomicBool::new(false),
             raw_sends: AtomicBool::new(false),
+            xdp_queues: AtomicU32::new(0),
         });
         let mut free = Vec::with_capacity(threads);
         let mut warm = Vec::with_capacity(threads);
@@ -246,6 +311,25 @@ impl Media {
         let steering = match receive {
             Receive::Steered => steer(&shared, &sockets),
             Receive::PerPort => None,
+        };
+        let xdp = match (&steering, cfg.xdp_interface.as_str()) {
+            (_, "") => None,
+            _ if !xdp::interface_exists(&cfg.xdp_interface) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "media.xdp_interface: no interface {:?} in this network namespace",
+                        cfg.xdp_interface
+                    ),
+                ))
+            }
+            (Some(steering), name) => attach_xdp(&shared, name, threads as u32, steering),
+            (None, _) => {
+                tracing::warn!(
+                    "media.xdp_interface is set but AF_XDP needs port steering: not used"
+                );
+                None
+            }
         };
         for (t, socket) in sockets.into_iter().enumerate() {
             let owned: Vec<u32> = (0..blocks).filter(|b| *b as usize % threads == t).collect();
@@ -265,7 +349,12 @@ impl Media {
                 flag.clone(),
                 t as u32,
                 threads as u32,
-                relay::ThreadSocket::new(socket, steering.clone()),
+                relay::ThreadSocket::new(
+                    socket,
+                    steering.clone(),
+                    xdp.as_ref()
+                        .map(|(x, queues)| (x.clone(), open_xsks(x, queues, t, threads))),
+                ),
             )?;
             handles.push(
                 std::thread::Builder::new()
@@ -382,6 +471,11 @@ impl Media {
     /// Whether the threads receive on one steered socket each ([`Receive`]).
     pub fn steered(&self) -> bool {
         self.shared.steered.load(Ordering::Relaxed)
+    }
+
+    /// Interface queues whose media frames come to the threads through AF_XDP (`xdp`).
+    pub fn xdp_queues(&self) -> u32 {
+        self.shared.xdp_queues.load(Ordering::Relaxed)
     }
 
     /// Whether IPv4 packets leave through the threads' raw sockets (steered, CAP_NET_RAW).

@@ -15,6 +15,7 @@
 
 use super::raw::RawSender;
 use super::steer::Steering;
+use super::xdp::{self, Xdp, Xsk};
 use super::{Command, Leg, Shared, BLOCK_PORTS, LATCH_WINDOW_MS};
 use crossbeam_channel::Receiver;
 use mio::net::UdpSocket;
@@ -22,7 +23,7 @@ use mio::{Events, Interest, Poll, Token};
 use socket2::SockAddr;
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,6 +31,13 @@ use std::time::Duration;
 
 pub const WAKER: Token = Token(usize::MAX);
 const OWN: Token = Token(usize::MAX - 1);
+/// AF_XDP socket `k` is `Token(XSK - k)`.
+const XSK: usize = usize::MAX - 2;
+/// Frames taken from an AF_XDP socket's RX ring at a time; between two, the transmit is kicked
+/// and lent frames come back.
+const XSK_BATCH: u32 = 64;
+/// Batches from each AF_XDP socket per loop turn before commands are looked at again.
+const XSK_BATCHES: usize = 64;
 const BATCH: usize = 32;
 /// Buffers held by one loop turn's packets until they are sent.
 const RING: usize = 256;
@@ -54,6 +62,9 @@ struct Latch {
     /// The local address this endpoint's packets were sent to (steered sockets tell): where
     /// packets to it come from, as the endpoint expects on a host with several addresses.
     local: Option<std::net::IpAddr>,
+    /// The MAC address the latched source's frames came from, when they came through AF_XDP:
+    /// the next hop toward it, so frames to it can leave the same way (`xdp`).
+    mac: Option<[u8; 6]>,
 }
 
 impl Latch {
@@ -61,16 +72,24 @@ impl Latch {
     /// changed (the newest wins); after that only the latched source.
     fn admit(&mut self, src: SocketAddr, now_ms: u64) -> bool {
         if now_ms < self.open_until_ms {
-            self.latched = Some(src);
+            self.latch(src);
             return true;
         }
         match self.latched {
             Some(l) => l == src,
             None if self.signalled.is_some_and(|s| s.ip() == src.ip()) => {
-                self.latched = Some(src);
+                self.latch(src);
                 true
             }
             None => false,
+        }
+    }
+
+    /// A new source forgets the next hop learned for the old one.
+    fn latch(&mut self, src: SocketAddr) {
+        if self.latched != Some(src) {
+            self.latched = Some(src);
+            self.mac = None;
         }
     }
 
@@ -95,17 +114,24 @@ struct Session {
 
 /// A thread's own socket, on one of the range's top ports, and the steering that feeds it
 /// every port of the thread's blocks (None: each block's sockets are polled; the thread's socket
-/// then only holds its port, and what reaches it is drained and counted).
+/// then only holds its port, and what reaches it is drained and counted). With XDP, also the
+/// AF_XDP sockets of the interface queues the thread serves.
 pub struct ThreadSocket {
     socket: UdpSocket,
     steering: Option<Arc<Steering>>,
+    xdp: Option<(Arc<Xdp>, Vec<Xsk>)>,
 }
 
 impl ThreadSocket {
-    pub fn new(socket: socket2::Socket, steering: Option<Arc<Steering>>) -> ThreadSocket {
+    pub fn new(
+        socket: socket2::Socket,
+        steering: Option<Arc<Steering>>,
+        xdp: Option<(Arc<Xdp>, Vec<Xsk>)>,
+    ) -> ThreadSocket {
         ThreadSocket {
             socket: UdpSocket::from_std(socket.into()),
             steering,
+            xdp,
         }
     }
 }
@@ -127,6 +153,15 @@ pub struct Relay {
     parked: Arc<AtomicBool>,
     /// Sessions open.
     active: usize,
+    /// AF_XDP sockets of the interface queues this thread serves (`xdp`); empty without XDP.
+    xsks: Vec<Xsk>,
+    /// An AF_XDP socket was left with frames ready: read again without waiting.
+    xsk_backlog: bool,
+    /// The next hop of every endpoint when the XDP interface is a loopback one (all MACs zero);
+    /// None: learned per endpoint from its frames.
+    any_next_hop: Option<[u8; 6]>,
+    /// The XDP program stays attached while a thread holds it.
+    _xdp: Option<Arc<Xdp>>,
 }
 
 /// How late a command may be picked up while calls are up: a new call's ports open within
@@ -163,6 +198,39 @@ impl Relay {
                 shared.raw_sends.store(true, Ordering::Relaxed);
             }
         }
+        // AF_XDP frames whose next hop is not known yet leave through the raw sender: without
+        // one (or without blocks that need no sockets) the queues stay with the kernel.
+        let mut xsks = Vec::new();
+        let mut any_next_hop = None;
+        let mut attached = None;
+        if let Some((xdp, sockets)) = own.xdp.take() {
+            any_next_hop = xdp.loopback.then_some([0; 6]);
+            let usable = batch.raw.is_some() && shared.bind.is_ipv4();
+            for mut xsk in sockets {
+                let served = usable
+                    && poll
+                        .registry()
+                        .register(
+                            &mut mio::unix::SourceFd(&xsk.fd()),
+                            Token(XSK - xsks.len()),
+                            Interest::READABLE,
+                        )
+                        .is_ok()
+                    && xdp.serve(xsk.queue, &xsk).is_ok();
+                if served {
+                    xsk.kick();
+                    xsks.push(xsk);
+                    shared.xdp_queues.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    let _ = xdp.unserve(xsk.queue);
+                    tracing::warn!(
+                        queue = xsk.queue,
+                        "media queue left to the kernel: no raw sender"
+                    );
+                }
+            }
+            attached = Some(xdp);
+        }
         Ok(Relay {
             poll,
             thread,
@@ -175,6 +243,10 @@ impl Relay {
             batch,
             parked,
             active: 0,
+            xsks,
+            xsk_backlog: false,
+            any_next_hop,
+            _xdp: attached,
         })
     }
 
@@ -190,7 +262,7 @@ impl Relay {
             // command from the signalling workers. Idle, the thread sleeps long and asks to be
             // woken; re-checking the queue after setting the flag closes the race with a sender
             // that looked just before.
-            let timeout = if !self.commands.is_empty() || self.backlog {
+            let timeout = if !self.commands.is_empty() || self.backlog || self.xsk_backlog {
                 Duration::ZERO
             } else if self.active > 0 {
                 TICK
@@ -216,6 +288,7 @@ impl Relay {
                 match ev.token() {
                     WAKER => {}
                     OWN => steered = true,
+                    Token(t) if t > XSK - self.xsks.len() && t <= XSK => {}
                     Token(t) => {
                         self.relay(t / BLOCK_PORTS as usize, t % BLOCK_PORTS as usize, now_ms)
                     }
@@ -225,6 +298,11 @@ impl Relay {
                 self.backlog = self.relay_steered(now_ms);
             }
             self.batch.flush();
+            // Every turn: an empty RX ring costs one load to find out.
+            self.xsk_backlog = false;
+            for k in 0..self.xsks.len() {
+                self.xsk_backlog |= self.relay_xsk(k, now_ms);
+            }
         }
     }
 
@@ -527,6 +605,126 @@ impl Relay {
         }
         for (counter, v) in [
             (&stats.packets, relayed),
+            (&stats.bytes, relayed_bytes),
+            (&stats.dropped_stray, stray),
+            (&stats.dropped_no_session, dead),
+        ] {
+            if v > 0 {
+                counter.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+        more
+    }
+}
+
+impl Relay {
+    /// Relays what AF_XDP socket `k` received: each frame's destination port names its block
+    /// and leg, as on the steered socket. A frame whose other leg's next hop is known leaves
+    /// rewritten in place on the TX ring; otherwise its payload leaves through the raw sender.
+    /// True when frames may be left (the turn's share was used up).
+    fn relay_xsk(&mut self, k: usize, now_ms: u64) -> bool {
+        let base = self.shared.base;
+        let stats = &self.shared.stats;
+        let xsk = &mut self.xsks[k];
+        let (mut relayed, mut relayed_bytes, mut stray, mut dead) = (0u64, 0u64, 0u64, 0u64);
+        let mut framed = 0u64;
+        let mut more = false;
+        for _ in 0..XSK_BATCHES {
+            let (first, n) = xsk.received(XSK_BATCH);
+            if n == 0 {
+                break;
+            }
+            let mut room = xsk.tx_room();
+            for i in first..first.wrapping_add(n) {
+                let (addr, frame) = xsk.frame(i);
+                let Some(p) = xdp::inbound(frame) else {
+                    dead += 1;
+                    xsk.recycle(addr);
+                    continue;
+                };
+                let off = usize::from(p.dst.port().wrapping_sub(base));
+                let (block, idx) = (off / BLOCK_PORTS as usize, off % BLOCK_PORTS as usize);
+                let Some(s) = self
+                    .sessions
+                    .get_mut(block)
+                    .and_then(Option::as_mut)
+                    .filter(|s| s.active)
+                else {
+                    dead += 1;
+                    xsk.recycle(addr);
+                    continue;
+                };
+                let latch = &mut s.latches[idx];
+                if !latch.admit(SocketAddr::V4(p.src), now_ms) {
+                    stray += 1;
+                    xsk.recycle(addr);
+                    continue;
+                }
+                latch.local = Some(std::net::IpAddr::V4(*p.dst.ip()));
+                latch.mac = Some(p.src_mac);
+                let c = &self.shared.counters[block];
+                let (packets, bytes) = if idx < 2 {
+                    (&c.a_packets, &c.a_bytes)
+                } else {
+                    (&c.b_packets, &c.b_bytes)
+                };
+                packets.fetch_add(1, Ordering::Relaxed);
+                bytes.fetch_add(p.payload as u64, Ordering::Relaxed);
+                c.last_rx_ms.store(now_ms, Ordering::Relaxed);
+                // A (0, 1) <-> B (2, 3), RTP to RTP, RTCP to RTCP.
+                let out = &s.latches[idx ^ 2];
+                let Some(SocketAddr::V4(to)) = out.dest() else {
+                    dead += 1;
+                    xsk.recycle(addr);
+                    continue;
+                };
+                let local = match out.local {
+                    Some(std::net::IpAddr::V4(a)) => a,
+                    _ => *p.dst.ip(),
+                };
+                let from = SocketAddrV4::new(
+                    local,
+                    base + (block * BLOCK_PORTS as usize + (idx ^ 2)) as u16,
+                );
+                relayed += 1;
+                relayed_bytes += p.payload as u64;
+                match out.mac.or(self.any_next_hop).filter(|_| room > 0) {
+                    Some(next_hop) => {
+                        // From the interface's own address: the one this frame was sent to.
+                        let own: [u8; 6] = frame[..6].try_into().expect("6 bytes");
+                        xdp::rewrite(frame, own, next_hop, from, to);
+                        xsk.send(addr, p.len as u32);
+                        room -= 1;
+                        framed += 1;
+                    }
+                    None => {
+                        let payload = frame[xdp::HEADERS..].as_ptr();
+                        let raw = self
+                            .batch
+                            .raw
+                            .as_mut()
+                            .expect("AF_XDP only with a raw sender");
+                        // SAFETY: the frame is held (not received into) until the kick after
+                        // the raw sender's flush. The raw sender holds 256 packets, more than
+                        // one batch, and is flushed after each.
+                        unsafe { raw.queue(Some(local), from.port(), to, payload, p.payload) };
+                        xsk.hold(addr);
+                    }
+                }
+            }
+            xsk.consumed(n);
+            if let Some(raw) = self.batch.raw.as_mut() {
+                raw.flush();
+            }
+            xsk.kick();
+            more = n == XSK_BATCH;
+            if !more {
+                break;
+            }
+        }
+        for (counter, v) in [
+            (&stats.packets, relayed),
+            (&stats.xdp_packets, framed),
             (&stats.bytes, relayed_bytes),
             (&stats.dropped_stray, stray),
             (&stats.dropped_no_session, dead),

@@ -19,21 +19,22 @@
 //! The link is tied to a file descriptor: the program detaches when sipedge exits, however it
 //! exits.
 //!
-//! The program is 30-odd instructions assembled here: a BPF toolchain (clang, bpf-linker) in the
-//! build for this would cost every developer more than these lines do.
+//! The program is 30-odd instructions assembled by `bpf`.
 
+use super::bpf::*;
 use std::io;
 use std::mem::size_of;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-#[derive(Debug, thiserror::Error)]
-pub enum SteerError {
-    #[error("{op}: {source}")]
-    Sys { op: &'static str, source: io::Error },
-    #[error("the kernel refused the sk_lookup program: {source}; verifier: {log}")]
-    Verifier { source: io::Error, log: String },
-}
+pub use super::bpf::BpfError as SteerError;
+
+const SK_PASS: i32 = 1;
+/// `struct bpf_sk_lookup` field offsets (uapi/linux/bpf.h).
+const CTX_PROTOCOL: i16 = 12;
+const CTX_LOCAL_IP4: i16 = 40;
+const CTX_LOCAL_IP6: i16 = 44;
+const CTX_LOCAL_PORT: i16 = 60;
 
 /// The attached program and its maps; dropping it detaches the program.
 pub struct Steering {
@@ -73,18 +74,36 @@ impl Steering {
             owners.as_raw_fd(),
             socks.as_raw_fd(),
         );
-        let prog = prog_load(&code)?;
-        let netns = std::fs::File::open("/proc/self/ns/net").map_err(|source| SteerError::Sys {
-            op: "opening /proc/self/ns/net",
-            source,
-        })?;
-        let link = link_create(&prog, netns.as_raw_fd())?;
+        let prog = prog_load(
+            "sk_lookup",
+            "sipedge_media",
+            PROG_SK_LOOKUP,
+            ATTACH_SK_LOOKUP,
+            &code,
+        )?;
+        let netns =
+            std::fs::File::open("/proc/thread-self/ns/net").map_err(|source| SteerError::Sys {
+                op: "opening /proc/thread-self/ns/net",
+                source,
+            })?;
+        let link = link_create(
+            "attaching the sk_lookup program to the network namespace",
+            &prog,
+            netns.as_raw_fd() as u32,
+            ATTACH_SK_LOOKUP,
+            0,
+        )?;
         Ok(Steering {
             owners,
             _sockets: socks,
             _prog: prog,
             _link: link,
         })
+    }
+
+    /// The map of block -> owning thread + 1, which the XDP program reads too.
+    pub fn owners(&self) -> &OwnedFd {
+        &self.owners
     }
 
     /// From now on `block`'s ports arrive on `thread`'s socket.
@@ -181,123 +200,6 @@ pub unsafe fn original_dest(msg: &libc::msghdr) -> Option<std::net::SocketAddr> 
     None
 }
 
-const MAP_ARRAY: u32 = 2;
-const MAP_SOCKMAP: u32 = 15;
-const PROG_SK_LOOKUP: u32 = 30;
-const ATTACH_SK_LOOKUP: u32 = 36;
-const CMD_MAP_CREATE: libc::c_long = 0;
-const CMD_MAP_UPDATE_ELEM: libc::c_long = 2;
-const CMD_PROG_LOAD: libc::c_long = 5;
-const CMD_LINK_CREATE: libc::c_long = 28;
-
-/// `struct bpf_sk_lookup` field offsets (uapi/linux/bpf.h).
-const CTX_PROTOCOL: i16 = 12;
-const CTX_LOCAL_IP4: i16 = 40;
-const CTX_LOCAL_IP6: i16 = 44;
-const CTX_LOCAL_PORT: i16 = 60;
-
-const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
-const HELPER_SK_RELEASE: i32 = 86;
-const HELPER_SK_ASSIGN: i32 = 124;
-const SK_PASS: i32 = 1;
-
-/// One BPF instruction (`struct bpf_insn`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Insn {
-    code: u8,
-    /// dst in the low nibble, src in the high one.
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-const R0: u8 = 0;
-const R1: u8 = 1;
-const R2: u8 = 2;
-const R3: u8 = 3;
-const R6: u8 = 6;
-const R7: u8 = 7;
-const R10: u8 = 10;
-
-/// A straight-line program whose conditional jumps all go to one exit that lets the kernel's
-/// own lookup proceed.
-#[derive(Default)]
-struct Asm {
-    code: Vec<Insn>,
-    to_pass: Vec<usize>,
-}
-
-impl Asm {
-    fn op(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) -> &mut Self {
-        self.code.push(Insn {
-            code,
-            regs: dst | (src << 4),
-            off,
-            imm,
-        });
-        self
-    }
-    fn mov(&mut self, dst: u8, src: u8) -> &mut Self {
-        self.op(0xbf, dst, src, 0, 0) // ALU64 | MOV | X
-    }
-    fn mov_imm(&mut self, dst: u8, imm: i32) -> &mut Self {
-        self.op(0xb7, dst, 0, 0, imm) // ALU64 | MOV | K
-    }
-    fn add_imm(&mut self, dst: u8, imm: i32) -> &mut Self {
-        self.op(0x07, dst, 0, 0, imm) // ALU64 | ADD | K
-    }
-    fn sub_imm(&mut self, dst: u8, imm: i32) -> &mut Self {
-        self.op(0x17, dst, 0, 0, imm) // ALU64 | SUB | K
-    }
-    fn rsh_imm(&mut self, dst: u8, imm: i32) -> &mut Self {
-        self.op(0x77, dst, 0, 0, imm) // ALU64 | RSH | K
-    }
-    /// dst = *(u32 *)(src + off)
-    fn load32(&mut self, dst: u8, src: u8, off: i16) -> &mut Self {
-        self.op(0x61, dst, src, off, 0) // LDX | MEM | W
-    }
-    /// *(u32 *)(dst + off) = src
-    fn store32(&mut self, dst: u8, off: i16, src: u8) -> &mut Self {
-        self.op(0x63, dst, src, off, 0) // STX | MEM | W
-    }
-    /// dst = the map behind file descriptor `fd` (a two-slot load the kernel rewrites).
-    fn map(&mut self, dst: u8, fd: RawFd) -> &mut Self {
-        self.op(0x18, dst, 1, 0, fd).op(0, 0, 0, 0, 0) // LD | DW | IMM, BPF_PSEUDO_MAP_FD
-    }
-    fn call(&mut self, helper: i32) -> &mut Self {
-        self.op(0x85, 0, 0, 0, helper)
-    }
-    fn pass_if(&mut self, code: u8, dst: u8, imm: i32) -> &mut Self {
-        self.to_pass.push(self.code.len());
-        self.op(code, dst, 0, 0, imm)
-    }
-    /// 64-bit `dst != imm`.
-    fn pass_if_ne(&mut self, dst: u8, imm: i32) -> &mut Self {
-        self.pass_if(0x55, dst, imm) // JMP | JNE | K
-    }
-    /// 32-bit `dst != imm` (an address word, compared without sign extension).
-    fn pass_if_ne32(&mut self, dst: u8, imm: u32) -> &mut Self {
-        self.pass_if(0x56, dst, imm as i32) // JMP32 | JNE | K
-    }
-    fn pass_if_zero(&mut self, dst: u8) -> &mut Self {
-        self.pass_if(0x15, dst, 0) // JMP | JEQ | K
-    }
-    /// Unsigned `dst >= imm`.
-    fn pass_if_ge(&mut self, dst: u8, imm: i32) -> &mut Self {
-        self.pass_if(0x35, dst, imm) // JMP | JGE | K
-    }
-    /// The exit every `pass_if` jumps to: SK_PASS without a socket chosen.
-    fn finish(mut self) -> Vec<Insn> {
-        let pass = self.code.len();
-        for &j in &self.to_pass {
-            self.code[j].off = (pass - j - 1) as i16;
-        }
-        self.mov_imm(R0, SK_PASS).op(0x95, 0, 0, 0, 0); // JMP | EXIT
-        self.code
-    }
-}
-
 /// The sk_lookup program: a UDP datagram for a port in `[base, base + span)` on `bind` whose
 /// block (`(port - base) >> block_shift`) has an owner goes to the owner's socket.
 fn program(
@@ -356,163 +258,7 @@ fn program(
         .call(HELPER_SK_ASSIGN)
         .mov(R1, R7)
         .call(HELPER_SK_RELEASE);
-    a.finish()
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a prefix of `union bpf_attr` for `cmd`, fully initialised; the kernel
-    // zero-fills the rest and reads only `size_of::<T>()` bytes.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            (attr as *const T).cast::<libc::c_void>(),
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn owned(fd: libc::c_long) -> OwnedFd {
-    // SAFETY: a descriptor the bpf() syscall just returned, owned by nobody else.
-    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
-}
-
-#[repr(C)]
-struct MapCreate {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-}
-
-fn map_create(
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-) -> Result<OwnedFd, SteerError> {
-    let attr = MapCreate {
-        map_type,
-        key_size,
-        value_size,
-        max_entries,
-        map_flags: 0,
-    };
-    bpf(CMD_MAP_CREATE, &attr)
-        .map(owned)
-        .map_err(|source| SteerError::Sys {
-            op: "creating a BPF map",
-            source,
-        })
-}
-
-#[repr(C)]
-struct MapElem {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-fn map_update(map: &OwnedFd, key: u32, value: u32) -> io::Result<()> {
-    let attr = MapElem {
-        map_fd: map.as_raw_fd() as u32,
-        _pad: 0,
-        key: (&key as *const u32) as u64,
-        value: (&value as *const u32) as u64,
-        flags: 0, // BPF_ANY
-    };
-    bpf(CMD_MAP_UPDATE_ELEM, &attr).map(|_| ())
-}
-
-#[repr(C)]
-struct ProgLoad {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
-fn prog_load(code: &[Insn]) -> Result<OwnedFd, SteerError> {
-    let license = c"Apache-2.0";
-    let mut name = [0u8; 16];
-    name[..13].copy_from_slice(b"sipedge_media");
-    let mut attr = ProgLoad {
-        prog_type: PROG_SK_LOOKUP,
-        insn_cnt: code.len() as u32,
-        insns: code.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 0,
-        log_size: 0,
-        log_buf: 0,
-        kern_version: 0,
-        prog_flags: 0,
-        prog_name: name,
-        prog_ifindex: 0,
-        expected_attach_type: ATTACH_SK_LOOKUP,
-    };
-    match bpf(CMD_PROG_LOAD, &attr) {
-        Ok(fd) => Ok(owned(fd)),
-        // Permissions and missing support need no verifier log; a rejected program does.
-        Err(e)
-            if e.raw_os_error() != Some(libc::EINVAL) && e.raw_os_error() != Some(libc::EACCES) =>
-        {
-            Err(SteerError::Sys {
-                op: "loading the sk_lookup program",
-                source: e,
-            })
-        }
-        Err(source) => {
-            let mut log = vec![0u8; 64 * 1024];
-            attr.log_level = 1;
-            attr.log_size = log.len() as u32;
-            attr.log_buf = log.as_mut_ptr() as u64;
-            let _ = bpf(CMD_PROG_LOAD, &attr).map(owned);
-            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            Err(SteerError::Verifier {
-                source,
-                log: String::from_utf8_lossy(&log[..end]).trim().to_string(),
-            })
-        }
-    }
-}
-
-#[repr(C)]
-struct LinkCreate {
-    prog_fd: u32,
-    target_fd: u32,
-    attach_type: u32,
-    flags: u32,
-}
-
-fn link_create(prog: &OwnedFd, netns: RawFd) -> Result<OwnedFd, SteerError> {
-    let attr = LinkCreate {
-        prog_fd: prog.as_raw_fd() as u32,
-        target_fd: netns as u32,
-        attach_type: ATTACH_SK_LOOKUP,
-        flags: 0,
-    };
-    bpf(CMD_LINK_CREATE, &attr)
-        .map(owned)
-        .map_err(|source| SteerError::Sys {
-            op: "attaching the sk_lookup program to the network namespace",
-            source,
-        })
+    a.finish(SK_PASS)
 }
 
 #[cfg(test)]
@@ -527,7 +273,7 @@ mod tests {
             let code = program(20_000, 400, 2, bind.parse().unwrap(), 3, 4);
             let exit = code.len() - 2;
             for (i, insn) in code.iter().enumerate() {
-                if matches!(insn.code, 0x55 | 0x56 | 0x15 | 0x35) {
+                if JUMPS.contains(&insn.code) {
                     assert_eq!(
                         i as i64 + 1 + i64::from(insn.off),
                         exit as i64,
