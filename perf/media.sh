@@ -5,12 +5,17 @@
 # uses, sessions set up directly), measured in one run on this machine with the kit's blaster,
 # sink and per-step CPU accounting (`rtp_bench.py`). 172-byte RTP, A -> relay -> B.
 #
+# sipedge-xdp is the same relay with `media.xdp_interface = "lo"` (`--xdp lo`): frames of its
+# ports reach it through AF_XDP (src/media/xdp.rs). It runs only in a namespace of this script's
+# own (DELIVERY=netns or rps), never on the host's lo.
+#
 # Every relay is started here and stopped by its PID; every step is bounded (packet count and
 # time); all traffic is on 127.0.0.1.
 #
 # usage: perf/media.sh
 # environment (defaults):
-#   SYSTEMS="raw raw-streams rtpengine sipedge"  which relays to measure, in this order
+#   SYSTEMS="raw raw-streams rtpengine sipedge"  which relays to measure, in this order (add
+#                                    sipedge-xdp with DELIVERY=netns or rps)
 #   SESSIONS=4000                    streams for rtpengine and sipedge (raw: 1 socket, 1 stream)
 #   RATES="50000 100000 150000 200000 0"   offered pps per step (0 = blaster flat out)
 #   STEP_S=8                         seconds per step
@@ -27,7 +32,9 @@
 #                                    run inside a network namespace of its own whose lo steers every
 #                                    received packet (RPS) to GEN_CPUS, so a relay pays for its
 #                                    sends and not for the sink's receive path, as behind a NIC
-#                                    (perf/README.md, "Delivery"; needs root)
+#                                    (perf/README.md, "Delivery"; needs root); netns: like
+#                                    loopback, but inside a namespace of its own (needs root), as
+#                                    sipedge-xdp requires
 #   OUT=perf/results/media-<date>.jsonl
 set -u
 PERF=$(cd "$(dirname "$0")" && pwd)
@@ -44,8 +51,11 @@ REF_SRC=${REF_SRC:-$ROOT/../shared/reference}
 DELIVERY=${DELIVERY:-loopback}
 STAMP=${STAMP:-$(date +%Y%m%d-%H%M%S)}
 case $DELIVERY in
-  loopback) ;;
-  rps)
+  loopback)
+    case " $SYSTEMS " in *" sipedge-xdp "*)
+      echo "error: sipedge-xdp attaches XDP to lo: run it with DELIVERY=netns (or rps), never on the host's lo"; exit 1 ;;
+    esac ;;
+  netns|rps)
     if [ -z "${SIPEDGE_MEDIA_NETNS:-}" ]; then
       # Re-run this script inside a namespace of its own, deleted when it ends.
       NS=sipedge-media-$$
@@ -54,12 +64,16 @@ case $DELIVERY in
       ip netns add "$NS" || { echo "error: cannot create network namespace $NS (root needed)"; exit 1; }
       trap 'ip netns del "$NS"' EXIT
       trap 'exit 130' INT TERM
-      ip netns exec "$NS" sh -c "ip link set lo up && echo $MASK > /sys/class/net/lo/queues/rx-0/rps_cpus" \
-        || { echo "error: cannot set up loopback RPS in $NS"; exit 1; }
+      [ "$DELIVERY" = rps ] || MASK=0
+      # route_localnet/accept_local: AF_XDP frames sent on lo come back in without the route a
+      # locally sent packet carries (src/media/xdp.rs); nothing else here depends on them.
+      ip netns exec "$NS" sh -c "ip link set lo up && echo $MASK > /sys/class/net/lo/queues/rx-0/rps_cpus \
+        && sysctl -qw net.ipv4.conf.lo.route_localnet=1 net.ipv4.conf.lo.accept_local=1 net.ipv4.conf.all.accept_local=1" \
+        || { echo "error: cannot set up lo in $NS"; exit 1; }
       SIPEDGE_MEDIA_NETNS=$NS STAMP=$STAMP ip netns exec "$NS" "$0" "$@"
       exit $?
     fi ;;
-  *) echo "error: DELIVERY must be loopback or rps, got '$DELIVERY'"; exit 1 ;;
+  *) echo "error: DELIVERY must be loopback, netns or rps, got '$DELIVERY'"; exit 1 ;;
 esac
 OUT=${OUT:-$PERF/results/media-$STAMP.jsonl}
 BENCH=${MEDIABENCH:-$ROOT/target/release/sipedge-mediabench}
@@ -102,7 +116,7 @@ fi
   echo "commit: $( [ "$R" != "$H" ] && cat "$ROOT/.git/$R" 2>/dev/null || echo "$H")"
   echo "sipedge-mediabench binary: $BENCH ($(stat -c '%y, %s bytes' "$BENCH" 2>/dev/null || echo missing))"
   placement_meta
-  echo "delivery: $DELIVERY$( [ "$DELIVERY" = rps ] && echo " (namespace ${SIPEDGE_MEDIA_NETNS:-}, lo rps_cpus $(cat /sys/class/net/lo/queues/rx-0/rps_cpus))")"
+  echo "delivery: $DELIVERY$( [ "$DELIVERY" != loopback ] && echo " (namespace ${SIPEDGE_MEDIA_NETNS:-}, lo rps_cpus $(cat /sys/class/net/lo/queues/rx-0/rps_cpus))")"
   echo "env: SYSTEMS='$SYSTEMS' SESSIONS=$SESSIONS RATES='$RATES' STEP_S=$STEP_S MEDIA_WORKERS=$MEDIA_WORKERS THREADS=$THREADS"
 } | tee -a "${OUT%.jsonl}.meta"
 
@@ -140,16 +154,23 @@ for sys in $SYSTEMS; do
       PORTS=$(cd "$REF" && python3 rtpengine/ng.py 22222 "$SESSIONS") || { echo "error: ng offer/answer failed"; exit 1; }
       steps "rtpengine-t$THREADS" "$SESSIONS" "$PORTS"
       ;;
-    sipedge)
-      log "sipedge media relay, $MEDIA_WORKERS media thread(s), $SESSIONS sessions"
+    sipedge|sipedge-xdp)
+      XDP=(); LABEL="sipedge-m$MEDIA_WORKERS"
+      [ "$sys" = sipedge-xdp ] && { XDP=(--xdp lo); LABEL="sipedge-xdp-m$MEDIA_WORKERS"; }
+      log "sipedge media relay, $MEDIA_WORKERS media thread(s), $SESSIONS sessions ${XDP[*]}"
       MAX_S=$(( (STEP_S * 4 + 20) * 6 + 60 ))
       "${SUT[@]}" "$BENCH" --sessions "$SESSIONS" --workers "$MEDIA_WORKERS" --port-min 10000 --seconds "$MAX_S" \
-        >"$WORK/sipedge.out" 2>"$WORK/sipedge.log" &
+        "${XDP[@]}" >"$WORK/$sys.out" 2>"$WORK/$sys.log" &
       PID=$!
-      for _ in $(seq 100); do grep -q '^ready' "$WORK/sipedge.out" 2>/dev/null && break; sleep 0.1; done
-      PORTS=$(sed -n 's/^ports //p' "$WORK/sipedge.out")
+      for _ in $(seq 100); do grep -q '^ready' "$WORK/$sys.out" 2>/dev/null && break; sleep 0.1; done
+      PORTS=$(sed -n 's/^ports //p' "$WORK/$sys.out")
       [ -n "$PORTS" ] || { echo "error: sipedge-mediabench did not start (see $WORK)"; exit 1; }
-      steps "sipedge-m$MEDIA_WORKERS" "$SESSIONS" "$PORTS"
+      if [ "$sys" = sipedge-xdp ] && ! grep -q 'xdp_queues=[1-9]' "$WORK/$sys.out"; then
+        echo "error: AF_XDP did not attach (see $WORK/$sys.log)"; exit 1
+      fi
+      steps "$LABEL" "$SESSIONS" "$PORTS"
+      stop_relay
+      grep '^relayed=' "$WORK/$sys.out" | sed "s/^/   $sys: /"
       ;;
     *) echo "unknown system: $sys"; exit 2 ;;
   esac

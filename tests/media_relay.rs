@@ -581,3 +581,107 @@ fn xdp_frames_and_sockets_split_by_thread() {
         );
     });
 }
+
+/// Runs `ip ARGS` in the calling thread's network namespace (a child inherits it).
+fn ip(args: &str) {
+    let out = std::process::Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .expect("ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Behind an interface with real MAC addresses (one end of a veth pair; the endpoints behind
+/// the other end, in a second namespace): a packet to an endpoint that has not sent yet leaves
+/// through the raw socket (the kernel resolves its MAC); once the endpoint's frames came through
+/// AF_XDP its next hop is known and packets to it leave frame to frame, with checksums the
+/// receiving kernel accepts and the payload byte for byte.
+#[test]
+fn behind_a_veth_the_next_hop_is_learned_from_the_endpoints_frames() {
+    if !may_attach_bpf() || !has_cap(21) {
+        eprintln!("skipped: no capabilities for network namespaces with XDP");
+        return;
+    }
+    std::thread::spawn(|| {
+        use std::sync::atomic::Ordering::Relaxed;
+        // SAFETY: unshare(2) on this thread alone (see in_own_netns).
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+        lo_up();
+        ip("link add sx0 type veth peer name sx1");
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            // SAFETY: as above, for the endpoints' namespace.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            // SAFETY: gettid(2) has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() }).unwrap();
+            go_rx.recv().unwrap();
+            ip("addr add 192.0.2.2/24 dev sx1");
+            ip("addr add 192.0.2.3/24 dev sx1");
+            ip("link set sx1 up");
+            (endpoint("192.0.2.2"), endpoint("192.0.2.3"))
+        });
+        let tid = tid_rx.recv().unwrap();
+        ip(&format!("link set sx1 netns {tid}"));
+        ip("addr add 192.0.2.1/24 dev sx0");
+        ip("link set sx0 up");
+        go_tx.send(()).unwrap();
+        let (caller, callee) = peer.join().unwrap();
+
+        let cfg = MediaConfig {
+            address: "192.0.2.1".into(),
+            advertise: String::new(),
+            port_min: 20_000,
+            port_max: 20_063,
+            workers: 1,
+            timeout_s: 60,
+            xdp_interface: "sx0".into(),
+        };
+        let (m, _threads) =
+            Media::start_with(&cfg, "192.0.2.1".parse().unwrap(), &[], Receive::Steered).unwrap();
+        // veth has a queue per CPU; each gets a socket.
+        assert!(m.xdp_queues() >= 1, "sx0's queues through AF_XDP");
+        let block = m.allocate(0).unwrap();
+        m.set_remote(block, Leg::A, Some(caller.local_addr().unwrap()), now_ms());
+        m.set_remote(block, Leg::B, Some(callee.local_addr().unwrap()), now_ms());
+        let (pa, pb) = (m.port(block, Leg::A), m.port(block, Leg::B));
+        let framed = || m.stats().xdp_packets.load(Relaxed);
+
+        // Until the callee has sent, its next hop is not known: the kernel sends.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let heard = loop {
+            caller.send_to(&rtp(1), ("192.0.2.1", pa)).unwrap();
+            if let Some(p) = recv(&callee) {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "nothing relayed to the callee");
+        };
+        assert_eq!(heard, (rtp(1), SocketAddr::from(([192, 0, 2, 1], pb))));
+        assert_eq!(framed(), 0, "no next hop known yet: the raw socket sent it");
+
+        // The callee's frame teaches its next hop; the caller's was learned from its frames.
+        callee.send_to(&rtp(2), ("192.0.2.1", pb)).unwrap();
+        let got = recv(&caller).expect("the callee's packet reaches the caller");
+        assert_eq!(got, (rtp(2), SocketAddr::from(([192, 0, 2, 1], pa))));
+        assert_eq!(framed(), 1, "to the caller frame to frame");
+        for seq in 3..13 {
+            caller.send_to(&rtp(seq), ("192.0.2.1", pa)).unwrap();
+            let got = recv(&callee).expect("the caller's packet reaches the callee");
+            assert_eq!(got, (rtp(seq), SocketAddr::from(([192, 0, 2, 1], pb))));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            framed(),
+            11,
+            "to the callee frame to frame, once its next hop was known"
+        );
+        m.release(block);
+    })
+    .join()
+    .map_err(std::panic::resume_unwind)
+    .unwrap();
+}

@@ -500,9 +500,8 @@ impl Relay {
                 keep += 1;
             }
             if keep > 0 {
-                // Single writer per block: plain adds, no contention.
-                packets.fetch_add(keep as u64, Ordering::Relaxed);
-                bytes.fetch_add(kept_bytes, Ordering::Relaxed);
+                bump(packets, keep as u64);
+                bump(bytes, kept_bytes);
                 counters.last_rx_ms.store(now_ms, Ordering::Relaxed);
                 match dest {
                     Some(d) => {
@@ -570,8 +569,8 @@ impl Relay {
                 } else {
                     (&c.b_packets, &c.b_bytes)
                 };
-                packets.fetch_add(1, Ordering::Relaxed);
-                bytes.fetch_add(len, Ordering::Relaxed);
+                bump(packets, 1);
+                bump(bytes, len);
                 c.last_rx_ms.store(now_ms, Ordering::Relaxed);
                 // A (0, 1) <-> B (2, 3), RTP to RTP, RTCP to RTCP.
                 let out = idx ^ 2;
@@ -626,12 +625,14 @@ impl Relay {
         let base = self.shared.base;
         let stats = &self.shared.stats;
         let xsk = &mut self.xsks[k];
-        let (mut relayed, mut relayed_bytes, mut stray, mut dead) = (0u64, 0u64, 0u64, 0u64);
-        let mut framed = 0u64;
         let mut more = false;
         for _ in 0..XSK_BATCHES {
+            let (mut relayed, mut framed, mut relayed_bytes, mut stray, mut dead) =
+                (0u64, 0u64, 0u64, 0u64, 0u64);
             let (first, n) = xsk.received(XSK_BATCH);
             if n == 0 {
+                // Frames the device was too busy for last time, and completions, even so.
+                xsk.kick();
                 break;
             }
             let mut room = xsk.tx_room();
@@ -668,8 +669,8 @@ impl Relay {
                 } else {
                     (&c.b_packets, &c.b_bytes)
                 };
-                packets.fetch_add(1, Ordering::Relaxed);
-                bytes.fetch_add(p.payload as u64, Ordering::Relaxed);
+                bump(packets, 1);
+                bump(bytes, p.payload as u64);
                 c.last_rx_ms.store(now_ms, Ordering::Relaxed);
                 // A (0, 1) <-> B (2, 3), RTP to RTP, RTCP to RTCP.
                 let out = &s.latches[idx ^ 2];
@@ -713,6 +714,18 @@ impl Relay {
                 }
             }
             xsk.consumed(n);
+            // Counted before they leave, as on the socket paths.
+            for (counter, v) in [
+                (&stats.packets, relayed),
+                (&stats.xdp_packets, framed),
+                (&stats.bytes, relayed_bytes),
+                (&stats.dropped_stray, stray),
+                (&stats.dropped_no_session, dead),
+            ] {
+                if v > 0 {
+                    counter.fetch_add(v, Ordering::Relaxed);
+                }
+            }
             if let Some(raw) = self.batch.raw.as_mut() {
                 raw.flush();
             }
@@ -722,19 +735,16 @@ impl Relay {
                 break;
             }
         }
-        for (counter, v) in [
-            (&stats.packets, relayed),
-            (&stats.xdp_packets, framed),
-            (&stats.bytes, relayed_bytes),
-            (&stats.dropped_stray, stray),
-            (&stats.dropped_no_session, dead),
-        ] {
-            if v > 0 {
-                counter.fetch_add(v, Ordering::Relaxed);
-            }
-        }
         more
     }
+}
+
+/// Adds to a block's counter. Only the block's media thread writes it (signalling reads it,
+/// and resets it while the block is free), so a plain load and store does: no locked
+/// read-modify-write per packet.
+#[inline]
+fn bump(counter: &std::sync::atomic::AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
 }
 
 /// How a turn's queued packets leave.

@@ -44,7 +44,7 @@ const CTX_RX_QUEUE: i16 = 16;
 /// Ethernet + IPv4 without options + UDP.
 pub const HEADERS: usize = 14 + 20 + 8;
 /// One umem chunk per frame.
-const CHUNK: u32 = 4096;
+const CHUNK: u32 = 2048;
 /// The kernel keeps this much headroom in front of a received frame (XDP_PACKET_HEADROOM).
 const KERNEL_HEADROOM: u32 = 256;
 /// Longer frames are left to the kernel: they would not fit a chunk.
@@ -179,8 +179,50 @@ pub fn interface_exists(interface: &str) -> bool {
     ifindex(interface).is_ok()
 }
 
-/// The interface's receive queues (sysfs; 1 where it cannot be read).
+/// The interface's receive queues: its channels as ethtool reports them (receive-only plus
+/// combined), else its sysfs queue directories, else 1.
 fn rx_queues(interface: &str) -> u32 {
+    /// `struct ethtool_channels` (uapi/linux/ethtool.h).
+    #[repr(C)]
+    #[derive(Default)]
+    struct Channels {
+        cmd: u32,
+        max_rx: u32,
+        max_tx: u32,
+        max_other: u32,
+        max_combined: u32,
+        rx_count: u32,
+        tx_count: u32,
+        other_count: u32,
+        combined_count: u32,
+    }
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    let mut ch = Channels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Channels::default()
+    };
+    // SAFETY: an ifreq naming the interface whose data pointer is `ch`, live for the ioctl, on a
+    // socket closed after.
+    let ethtool = unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(interface.bytes().take(15)) {
+            *d = s as libc::c_char;
+        }
+        req.ifr_ifru.ifru_data = (&mut ch as *mut Channels).cast();
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        let r = if fd >= 0 {
+            libc::ioctl(fd, libc::SIOCETHTOOL as _, &mut req)
+        } else {
+            -1
+        };
+        if fd >= 0 {
+            libc::close(fd);
+        }
+        r == 0
+    };
+    if ethtool && ch.rx_count + ch.combined_count > 0 {
+        return ch.rx_count + ch.combined_count;
+    }
     std::fs::read_dir(format!("/sys/class/net/{interface}/queues"))
         .map(|d| {
             d.filter_map(Result::ok)
@@ -556,20 +598,28 @@ impl Xsk {
         if self.unsent > 0 {
             self.tx.submit(self.unsent);
             self.unsent = 0;
-            // In copy mode the send happens inside this call; with zero copy the driver asks
-            // for it only when it has stopped polling the ring.
-            if self.tx.needs_wakeup() {
-                // SAFETY: sendto with no data on the socket: the AF_XDP transmit doorbell.
-                unsafe {
-                    libc::sendto(
-                        self.fd.as_raw_fd(),
-                        std::ptr::null(),
-                        0,
-                        libc::MSG_DONTWAIT,
-                        std::ptr::null(),
-                        0,
-                    )
-                };
+        }
+        // In copy mode the send happens inside this call, at most 32 frames per call
+        // (the kernel's TX_BATCH_SIZE): it is repeated while the ring drains. With zero
+        // copy the driver asks for a call only when it has stopped polling the ring.
+        for _ in 0..TX_RING / 32 {
+            let before = self.tx.consumer().load(Ordering::Acquire);
+            if before == self.tx.local || !self.tx.needs_wakeup() {
+                break;
+            }
+            // SAFETY: sendto with no data on the socket: the AF_XDP transmit doorbell.
+            unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            if self.tx.consumer().load(Ordering::Acquire) == before {
+                break; // no progress: the device is busy, the next turn tries again
             }
         }
         let (first, n) = self.comp.peek(COMP_RING);
