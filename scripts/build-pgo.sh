@@ -6,7 +6,7 @@
 #   2. training runs of that build, on loopback only, each bounded in count and time and stopped
 #      by PID by the script that starts it: registrations (perf/register.sh: one sipp step and
 #      one loadgen step), calls through the B2BUA (perf/calls.sh: one step) and the RTP relay
-#      (perf/media.sh: one step over 4,000 sessions);
+#      (perf/media.sh: one step over 4,000 sessions, on sockets and, as root, through AF_XDP);
 #   3. llvm-profdata merges the profiles (installs rustup's llvm-tools if missing);
 #   4. the optimized build (-Cprofile-use) into target/pgo-use, copied to target/pgo/.
 #
@@ -56,13 +56,19 @@ GEN=$ROOT/target/pgo-gen/$TRIPLE/release
 train() {
   local name=$1; shift
   log "training: perf/$name.sh"
-  env "$@" SYSTEMS=sipedge SKIP_BUILD=1 STEP_S="$STEP_S" OUT="$DATA/$name.jsonl" \
+  env SYSTEMS=sipedge "$@" SKIP_BUILD=1 STEP_S="$STEP_S" OUT="$DATA/$name.jsonl" \
     LLVM_PROFILE_FILE="$DATA/%p-%m.profraw" "perf/$name.sh" > "$DATA/$name.log" 2>&1 \
     || { echo "error: training run failed, see $DATA/$name.log"; exit 1; }
 }
 train register SIPEDGE="$GEN/sipedge" RATES=16000 LG_RATES=32000 LAT_RATES=" "
 train calls SIPEDGE="$GEN/sipedge" RATES=2000 MEM_STEP=0
-train media MEDIABENCH="$GEN/sipedge-mediabench" RATES=100000
+# The AF_XDP relay (media.xdp_interface) too where the build may make a network namespace for it.
+if [ "$(id -u)" -eq 0 ]; then
+  train media MEDIABENCH="$GEN/sipedge-mediabench" RATES=100000 SYSTEMS="sipedge sipedge-xdp" DELIVERY=netns
+else
+  log "not root: the AF_XDP relay is not trained (it counts as cold code in this build)"
+  train media MEDIABENCH="$GEN/sipedge-mediabench" RATES=100000
+fi
 
 n=$(find "$DATA" -name '*.profraw' | wc -l)
 [ "$n" -gt 0 ] || { echo "error: the training runs wrote no profiles"; exit 1; }

@@ -951,6 +951,59 @@ fn media_is_anchored_with_sdp_rewritten_and_rtp_relayed_both_ways() {
     }
 }
 
+/// With `media.xdp_interface = "lo"` (in a network namespace of the test thread's own, so the
+/// XDP program never sees the host's lo), a call's RTP reaches sipedge through AF_XDP and
+/// leaves frame to frame: relayed byte for byte from the call's ports both ways, counted in
+/// `sipedge_media_xdp_packets_total` and in the CDR.
+#[test]
+fn media_through_af_xdp_is_relayed_both_ways_from_the_calls_ports() {
+    if !common::netns::may_run() {
+        eprintln!("skipped: no capabilities for a network namespace with XDP");
+        return;
+    }
+    common::netns::on_thread(|| {
+        common::netns::enter_for_xdp_on_lo();
+        let gw = Peer::new();
+        let s = setup_with(&[&gw], "[media]\nxdp_interface = \"lo\"\n");
+        let pbx = Peer::on(TRUNK_IP);
+        let pbx_rtp = UdpSocket::bind((TRUNK_IP, 0)).unwrap();
+        let gw_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let offer = common::sip_peer::sdp_offer(
+            TRUNK_IP.parse().unwrap(),
+            pbx_rtp.local_addr().unwrap().port(),
+        );
+        let call = anchored_call(&s, &pbx, &gw, &offer, &gw_rtp);
+        let src = rtp_until_heard(&pbx_rtp, call.port_a, &gw_rtp);
+        assert_eq!(src, SocketAddr::from(([127, 0, 0, 1], call.port_b)));
+        let src = rtp_until_heard(&gw_rtp, call.port_b, &pbx_rtp);
+        assert_eq!(src, SocketAddr::from(([127, 0, 0, 1], call.port_a)));
+        // Both endpoints have sent: every packet from now on leaves frame to frame.
+        let before = s.server.metric_or_zero("sipedge_media_xdp_packets_total");
+        let mut buf = [0u8; 2048];
+        for seq in 2..12 {
+            pbx_rtp
+                .send_to(&rtp(seq), ("127.0.0.1", call.port_a))
+                .unwrap();
+            let (n, _) = gw_rtp.recv_from(&mut buf).expect("PBX -> core");
+            assert_eq!(&buf[..n], &rtp(seq)[..]);
+            gw_rtp
+                .send_to(&rtp(seq), ("127.0.0.1", call.port_b))
+                .unwrap();
+            let (n, _) = pbx_rtp.recv_from(&mut buf).expect("core -> PBX");
+            assert_eq!(&buf[..n], &rtp(seq)[..]);
+        }
+        let framed = s.server.metric_or_zero("sipedge_media_xdp_packets_total") - before;
+        assert_eq!(framed, 20.0, "every packet frame to frame");
+
+        pbx.in_dialog_uac("BYE", &call.inv, &call.ok, "", sbc(&s));
+        let b_bye = gw.recv_request("BYE", WAIT).expect("BYE relayed");
+        gw.reply(&b_bye, 200, "OK", &[], "");
+        let c = &cdrs(&s, 1)[0];
+        assert!(c["a_packets"].as_u64().unwrap() >= 11, "{c}");
+        assert!(c["b_packets"].as_u64().unwrap() >= 11, "{c}");
+    });
+}
+
 /// A trunk limited to PCMA: an offer of PCMU only is refused with 488 (and a CDR); an offer
 /// with both reaches the core with PCMA (and telephone-event) only.
 #[test]

@@ -470,4 +470,13 @@ fn run_fails_at_start_with_one_clear_line() {
     let r = sipedge(dir.path(), &["run", "--config", "ro.toml"]);
     assert_error(&r, "not-a-dir/data/sipedge.db");
     assert!(r.stdout.is_empty(), "{:?}", r.stdout);
+
+    // An AF_XDP interface that does not exist: a typo, reported before any media port is taken.
+    write(
+        "xdp.toml",
+        "[sip]\nlisten = [\"udp:127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"xdp/sipedge.db\"\n[media]\nxdp_interface = \"nosuch0\"\n",
+    );
+    let r = sipedge(dir.path(), &["run", "--config", "xdp.toml"]);
+    assert_error(&r, "media.xdp_interface: no interface \"nosuch0\"");
+    assert!(r.stdout.is_empty(), "{:?}", r.stdout);
 }

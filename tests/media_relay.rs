@@ -9,6 +9,10 @@
 //! Each run takes its own port range (at most 128 ports) in a zone no other test uses, so tests
 //! run in parallel.
 
+#[path = "common/netns.rs"]
+mod netns;
+
+use netns::{has_cap, ip};
 use sipedge::config::MediaConfig;
 use sipedge::media::{Block, Leg, Media, Receive};
 use std::cell::{Cell, RefCell};
@@ -68,17 +72,6 @@ fn may_attach_bpf() -> bool {
     has_cap(39) && has_cap(12)
 }
 
-/// Whether capability `bit` is in this process's effective set.
-fn has_cap(bit: u32) -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    eff & (1 << bit) != 0
-}
-
 thread_local! {
     /// Set on a test thread that runs in its own network namespace: media goes through AF_XDP.
     static XDP: Cell<bool> = const { Cell::new(false) };
@@ -91,22 +84,12 @@ thread_local! {
 /// that every IPv4 media instance it started relayed packets that way. False when the process
 /// may not (no CAP_SYS_ADMIN for the namespace, no CAP_BPF/CAP_NET_ADMIN for XDP).
 fn in_own_netns(body: impl FnOnce() + Send + 'static) -> bool {
-    if !may_attach_bpf() || !has_cap(21) {
+    if !netns::may_run() {
         eprintln!("skipped: no capabilities for a network namespace with XDP");
         return false;
     }
-    std::thread::spawn(move || {
-        // SAFETY: unshare(2) on this thread alone: its sockets and the threads it spawns live
-        // in the new namespace, the rest of the test process stays where it was.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-        lo_up();
-        for (path, v) in [
-            ("/proc/sys/net/ipv4/conf/lo/route_localnet", "1"),
-            ("/proc/sys/net/ipv4/conf/lo/accept_local", "1"),
-            ("/proc/sys/net/ipv4/conf/all/accept_local", "1"),
-        ] {
-            std::fs::write(path, v).unwrap_or_else(|e| panic!("{path}: {e}"));
-        }
+    netns::on_thread(move || {
+        netns::enter_for_xdp_on_lo();
         XDP.with(|x| x.set(true));
         body();
         STARTED.with(|v| {
@@ -126,27 +109,8 @@ fn in_own_netns(body: impl FnOnce() + Send + 'static) -> bool {
                 );
             }
         });
-    })
-    .join()
-    .map_err(std::panic::resume_unwind)
-    .unwrap();
+    });
     true
-}
-
-/// Sets the calling thread's namespace's lo up (SIOCSIFFLAGS).
-fn lo_up() {
-    // SAFETY: an ifreq for "lo", read and written back by ioctl on a socket closed after.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        assert!(fd >= 0);
-        let mut req: libc::ifreq = std::mem::zeroed();
-        req.ifr_name[0] = b'l' as libc::c_char;
-        req.ifr_name[1] = b'o' as libc::c_char;
-        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0);
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req), 0);
-        libc::close(fd);
-    }
 }
 
 /// Runs a test body once per way of receiving.
@@ -582,19 +546,6 @@ fn xdp_frames_and_sockets_split_by_thread() {
     });
 }
 
-/// Runs `ip ARGS` in the calling thread's network namespace (a child inherits it).
-fn ip(args: &str) {
-    let out = std::process::Command::new("ip")
-        .args(args.split_whitespace())
-        .output()
-        .expect("ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Behind an interface with real MAC addresses (one end of a veth pair; the endpoints behind
 /// the other end, in a second namespace): a packet to an endpoint that has not sent yet leaves
 /// through the raw socket (the kernel resolves its MAC); once the endpoint's frames came through
@@ -602,21 +553,18 @@ fn ip(args: &str) {
 /// receiving kernel accepts and the payload byte for byte.
 #[test]
 fn behind_a_veth_the_next_hop_is_learned_from_the_endpoints_frames() {
-    if !may_attach_bpf() || !has_cap(21) {
+    if !netns::may_run() {
         eprintln!("skipped: no capabilities for network namespaces with XDP");
         return;
     }
-    std::thread::spawn(|| {
+    netns::on_thread(|| {
         use std::sync::atomic::Ordering::Relaxed;
-        // SAFETY: unshare(2) on this thread alone (see in_own_netns).
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-        lo_up();
+        netns::enter();
         ip("link add sx0 type veth peer name sx1");
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let peer = std::thread::spawn(move || {
-            // SAFETY: as above, for the endpoints' namespace.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            netns::enter();
             // SAFETY: gettid(2) has no preconditions.
             tid_tx.send(unsafe { libc::gettid() }).unwrap();
             go_rx.recv().unwrap();
@@ -680,8 +628,5 @@ fn behind_a_veth_the_next_hop_is_learned_from_the_endpoints_frames() {
             "to the callee frame to frame, once its next hop was known"
         );
         m.release(block);
-    })
-    .join()
-    .map_err(std::panic::resume_unwind)
-    .unwrap();
+    });
 }

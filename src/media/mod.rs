@@ -283,6 +283,16 @@ impl Media {
         pin: &[core_affinity::CoreId],
         receive: Receive,
     ) -> std::io::Result<(Media, Vec<std::thread::JoinHandle<()>>)> {
+        // A name that is not there is a typo to report, not a fallback to take quietly.
+        if !cfg.xdp_interface.is_empty() && !xdp::interface_exists(&cfg.xdp_interface) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "media.xdp_interface: no interface {:?} in this network namespace",
+                    cfg.xdp_interface
+                ),
+            ));
+        }
         let bind: IpAddr = cfg.address.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let base = cfg.port_min + (cfg.port_min % 2);
         let span = u32::from(cfg.port_max.saturating_sub(base)) + 1;
@@ -314,15 +324,6 @@ impl Media {
         };
         let xdp = match (&steering, cfg.xdp_interface.as_str()) {
             (_, "") => None,
-            _ if !xdp::interface_exists(&cfg.xdp_interface) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!(
-                        "media.xdp_interface: no interface {:?} in this network namespace",
-                        cfg.xdp_interface
-                    ),
-                ))
-            }
             (Some(steering), name) => attach_xdp(&shared, name, threads as u32, steering),
             (None, _) => {
                 tracing::warn!(

@@ -1416,4 +1416,5 @@ pub fn assert_code(r: &Response, code: u16, what: &str) {
     );
 }
 
+pub mod netns;
 pub mod sip_peer;
