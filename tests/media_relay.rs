@@ -140,6 +140,7 @@ both!(
     a_stray_source_is_not_latched,
     ports_are_freed_when_calls_end,
     a_reused_block_relays_for_its_new_call_only,
+    a_call_opened_while_another_is_up_relays_at_once,
 );
 
 fn endpoint(ip: &str) -> UdpSocket {
@@ -346,6 +347,30 @@ fn ports_are_freed_when_calls_end(receive: Receive) {
             .load(std::sync::atomic::Ordering::Relaxed),
         31
     );
+}
+
+/// With a call up, the media thread sleeps until packets or its periodic tick: a second call
+/// on the same thread (no packet can reach it before its ports are taken) is picked up at the
+/// next tick, so its media flows well within a second.
+fn a_call_opened_while_another_is_up_relays_at_once(receive: Receive) {
+    let m = media(16, receive);
+    let (a1, b1) = (endpoint("127.0.0.1"), endpoint("127.0.0.1"));
+    let (first, pa1, _) = call(&m, &a1, &b1, now_ms());
+    send_until_heard(&a1, pa1, &b1, 1);
+    std::thread::sleep(Duration::from_millis(50));
+    let (a2, b2) = (endpoint("127.0.0.1"), endpoint("127.0.0.1"));
+    let started = Instant::now();
+    // `call` allocates from thread 0 while it has blocks: both calls are its.
+    let (second, pa2, _) = call(&m, &a2, &b2, now_ms());
+    let (pkt, _) = send_until_heard(&a2, pa2, &b2, 2);
+    assert_eq!(pkt, rtp(2));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "picked up after {:?}",
+        started.elapsed()
+    );
+    m.release(first);
+    m.release(second);
 }
 
 /// A block freed by one call is reused by the next with its sockets still bound: it relays for

@@ -31,8 +31,9 @@ use std::time::Duration;
 
 pub const WAKER: Token = Token(usize::MAX);
 const OWN: Token = Token(usize::MAX - 1);
+const TICKER: Token = Token(usize::MAX - 2);
 /// AF_XDP socket `k` is `Token(XSK - k)`.
-const XSK: usize = usize::MAX - 2;
+const XSK: usize = usize::MAX - 3;
 /// Frames taken from an AF_XDP socket's RX ring at a time; between two, the transmit is kicked
 /// and lent frames come back.
 const XSK_BATCH: u32 = 64;
@@ -162,6 +163,73 @@ pub struct Relay {
     any_next_hop: Option<[u8; 6]>,
     /// The XDP program stays attached while a thread holds it.
     _xdp: Option<Arc<Xdp>>,
+    /// Wakes the thread every [`TICK`] while calls are up (None: the poll times out instead).
+    ticker: Option<Ticker>,
+}
+
+/// A periodic timerfd in the thread's poll, running while calls are up.
+///
+/// Why not a poll timeout: each `epoll_wait` with a timeout arms a fresh timer, and when that
+/// timer is the CPU's next event, going idle reprograms the timer hardware, which in a VM is a
+/// VM exit on every sleep. One periodic timer keeps its expiry whatever the packets do.
+struct Ticker {
+    fd: std::os::fd::OwnedFd,
+    running: bool,
+}
+
+impl Ticker {
+    fn new(poll: &Poll) -> io::Result<Ticker> {
+        // SAFETY: timerfd_create(2); the descriptor is owned at once.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: just returned by timerfd_create.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
+            TICKER,
+            Interest::READABLE,
+        )?;
+        Ok(Ticker { fd, running: false })
+    }
+
+    /// Runs (every [`TICK`]) or stops the timer; a syscall only when that changes.
+    fn run(&mut self, on: bool) {
+        if on == self.running {
+            return;
+        }
+        let period = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: if on {
+                TICK.as_nanos() as libc::c_long
+            } else {
+                0
+            },
+        };
+        let spec = libc::itimerspec {
+            it_interval: period,
+            it_value: period,
+        };
+        // SAFETY: a valid itimerspec on our timerfd; the old value is not asked for.
+        if unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) }
+            == 0
+        {
+            self.running = on;
+        }
+    }
+
+    /// Takes the expirations counted so far (the timer fired).
+    fn clear(&self) {
+        let mut n = 0u64;
+        // SAFETY: an 8-byte read into n from our non-blocking timerfd.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+    }
 }
 
 /// How late a command may be picked up while calls are up: a new call's ports open within
@@ -247,6 +315,13 @@ impl Relay {
             xsk_backlog: false,
             any_next_hop,
             _xdp: attached,
+            ticker: None,
+        })
+        .map(|mut r| {
+            r.ticker = Ticker::new(&r.poll)
+                .map_err(|e| tracing::debug!("no timerfd ({e}): media polls with a timeout"))
+                .ok();
+            r
         })
     }
 
@@ -262,19 +337,23 @@ impl Relay {
             // command from the signalling workers. Idle, the thread sleeps long and asks to be
             // woken; re-checking the queue after setting the flag closes the race with a sender
             // that looked just before.
+            if let Some(t) = self.ticker.as_mut() {
+                t.run(self.active > 0);
+            }
             let timeout = if !self.commands.is_empty() || self.backlog || self.xsk_backlog {
-                Duration::ZERO
+                Some(Duration::ZERO)
             } else if self.active > 0 {
-                TICK
+                // The ticker wakes the thread within TICK.
+                self.ticker.is_none().then_some(TICK)
             } else {
                 self.parked.store(true, Ordering::SeqCst);
                 if self.commands.is_empty() {
-                    IDLE_SLEEP
+                    Some(IDLE_SLEEP)
                 } else {
-                    Duration::ZERO
+                    Some(Duration::ZERO)
                 }
             };
-            let polled = self.poll.poll(&mut events, Some(timeout));
+            let polled = self.poll.poll(&mut events, timeout);
             self.parked.store(false, Ordering::SeqCst);
             if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -287,6 +366,11 @@ impl Relay {
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => {}
+                    TICKER => {
+                        if let Some(t) = &self.ticker {
+                            t.clear();
+                        }
+                    }
                     OWN => steered = true,
                     Token(t) if t > XSK - self.xsks.len() && t <= XSK => {}
                     Token(t) => {
