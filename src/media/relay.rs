@@ -161,6 +161,8 @@ pub struct Relay {
     /// The next hop of every endpoint when the XDP interface is a loopback one (all MACs zero);
     /// None: learned per endpoint from its frames.
     any_next_hop: Option<[u8; 6]>,
+    /// The XDP interface's MAC address: what frames for us are sent to, and relayed ones from.
+    own_mac: [u8; 6],
     /// The XDP program stays attached while a thread holds it.
     _xdp: Option<Arc<Xdp>>,
     /// Wakes the thread every [`TICK`] while calls are up (None: the poll times out instead).
@@ -270,9 +272,11 @@ impl Relay {
         // one (or without blocks that need no sockets) the queues stay with the kernel.
         let mut xsks = Vec::new();
         let mut any_next_hop = None;
+        let mut own_mac = [0; 6];
         let mut attached = None;
         if let Some((xdp, sockets)) = own.xdp.take() {
             any_next_hop = xdp.loopback.then_some([0; 6]);
+            own_mac = xdp.mac;
             let usable = batch.raw.is_some() && shared.bind.is_ipv4();
             for mut xsk in sockets {
                 let served = usable
@@ -314,6 +318,7 @@ impl Relay {
             xsks,
             xsk_backlog: false,
             any_next_hop,
+            own_mac,
             _xdp: attached,
             ticker: None,
         })
@@ -722,7 +727,8 @@ impl Relay {
             let mut room = xsk.tx_room();
             for i in first..first.wrapping_add(n) {
                 let (addr, frame) = xsk.frame(i);
-                let Some(p) = xdp::inbound(frame) else {
+                // Not to us (a promiscuous interface hands over others' frames): not ours.
+                let Some(p) = xdp::inbound(frame).filter(|p| p.to_mac == self.own_mac) else {
                     dead += 1;
                     xsk.recycle(addr);
                     continue;
@@ -775,9 +781,7 @@ impl Relay {
                 relayed_bytes += p.payload as u64;
                 match out.mac.or(self.any_next_hop).filter(|_| room > 0) {
                     Some(next_hop) => {
-                        // From the interface's own address: the one this frame was sent to.
-                        let own: [u8; 6] = frame[..6].try_into().expect("6 bytes");
-                        xdp::rewrite(frame, own, next_hop, from, to);
+                        xdp::rewrite(frame, self.own_mac, next_hop, from, to);
                         xsk.send(addr, p.len as u32);
                         room -= 1;
                         framed += 1;

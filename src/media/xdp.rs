@@ -67,6 +67,9 @@ pub struct Xdp {
     pub native: bool,
     /// A loopback interface: every frame's MAC addresses are zero, so every next hop is known.
     pub loopback: bool,
+    /// The interface's own MAC address: frames to another (a promiscuous interface's) are not
+    /// ours to relay, and relayed frames leave from it.
+    pub mac: [u8; 6],
 }
 
 impl Xdp {
@@ -128,6 +131,7 @@ impl Xdp {
             queues,
             native,
             loopback: is_loopback(interface),
+            mac: hardware_address(interface),
         })
     }
 
@@ -172,6 +176,32 @@ fn is_loopback(interface: &str) -> bool {
         libc::close(fd);
         r == 0 && i32::from(req.ifr_ifru.ifru_flags) & libc::IFF_LOOPBACK != 0
     }
+}
+
+/// The interface's MAC address (SIOCGIFHWADDR; zero where it has none, as lo).
+fn hardware_address(interface: &str) -> [u8; 6] {
+    // SAFETY: all-zero is a valid ifreq; the name is copied in below, NUL-terminated.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(interface.bytes().take(15)) {
+        *d = s as libc::c_char;
+    }
+    let mut mac = [0u8; 6];
+    // SAFETY: a datagram socket for the ioctl, closed below; req is a live ifreq, and the
+    // hardware address is a sockaddr whose data starts with the MAC.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return mac;
+        }
+        if libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) == 0 {
+            let data = req.ifr_ifru.ifru_hwaddr.sa_data;
+            for (m, d) in mac.iter_mut().zip(data.iter()) {
+                *m = *d as u8;
+            }
+        }
+        libc::close(fd);
+    }
+    mac
 }
 
 /// Whether `interface` exists in this network namespace.
@@ -674,6 +704,8 @@ fn setopt<T>(fd: &OwnedFd, opt: libc::c_int, value: &T) -> io::Result<()> {
 /// What one received frame is, read from its headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Inbound {
+    /// The frame's destination MAC address.
+    pub to_mac: [u8; 6],
     pub src: SocketAddrV4,
     pub dst: SocketAddrV4,
     pub src_mac: [u8; 6],
@@ -695,6 +727,7 @@ pub fn inbound(frame: &[u8]) -> Option<Inbound> {
     let ip = |o: usize| Ipv4Addr::new(h[o], h[o + 1], h[o + 2], h[o + 3]);
     let port = |o: usize| u16::from_be_bytes([h[o], h[o + 1]]);
     Some(Inbound {
+        to_mac: h[..6].try_into().ok()?,
         src: SocketAddrV4::new(ip(26), port(34)),
         dst: SocketAddrV4::new(ip(30), port(36)),
         src_mac: h[6..12].try_into().ok()?,
@@ -827,6 +860,7 @@ mod tests {
         assert_eq!(p.dst, "192.0.2.1:20000".parse().unwrap());
         assert_eq!(p.src_mac, [2, 0, 0, 0, 0, 9]);
         assert_eq!((p.payload, p.len), (172, f.len()));
+        assert_eq!(p.to_mac, [2, 0, 0, 0, 0, 1]);
         // Ethernet padding is not part of the packet.
         let padded = frame(&[1, 2], 16);
         assert_eq!(inbound(&padded).unwrap().len, HEADERS + 2);
