@@ -61,9 +61,25 @@ pub const R6: u8 = 6;
 pub const R7: u8 = 7;
 pub const R10: u8 = 10;
 
-/// Opcodes of the conditional jumps `pass_if*` emit (tests check where they land).
+/// Opcodes of the conditional jumps `pass_if*` emit.
 #[cfg(test)]
-pub const JUMPS: [u8; 6] = [0x55, 0x56, 0x15, 0x35, 0x5d, 0x2d];
+const JUMPS: [u8; 6] = [0x55, 0x56, 0x15, 0x35, 0x5d, 0x2d];
+
+/// Checks a finished program: every conditional jump lands on the closing `return verdict`
+/// (the last two instructions). The index of that exit.
+#[cfg(test)]
+pub fn assert_jumps_land_on_the_exit(code: &[Insn], verdict: i32) -> usize {
+    let exit = code.len() - 2;
+    for (i, insn) in code.iter().enumerate() {
+        if JUMPS.contains(&insn.code) {
+            let target = i as i64 + 1 + i64::from(insn.off);
+            assert_eq!(target, exit as i64, "jump at {i}");
+        }
+    }
+    assert_eq!((code[exit].code, code[exit].imm), (0xb7, verdict));
+    assert_eq!(code[exit + 1].code, 0x95);
+    exit
+}
 
 /// A straight-line program whose conditional jumps all go to one exit that returns the
 /// "let the kernel carry on" verdict given to [`Asm::finish`].
@@ -161,6 +177,22 @@ impl Asm {
     pub fn pass_if_gt_reg(&mut self, dst: u8, src: u8) -> &mut Self {
         self.pass_if(0x2d, dst, src, 0) // JMP | JGT | X
     }
+    /// R2 = the media thread owning the block of port offset `offset` (a register, shifted
+    /// right by `block_shift` to a block index, and clobbered), from `owners` (block -> thread
+    /// + 1); to the exit when the block has no owner. Uses the stack word at R10 - 4.
+    pub fn owner_of_block(&mut self, offset: u8, block_shift: u32, owners: RawFd) -> &mut Self {
+        self.rsh_imm(offset, block_shift as i32)
+            .store32(R10, -4, offset)
+            .mov(R2, R10)
+            .add_imm(R2, -4)
+            .map(R1, owners)
+            .call(HELPER_MAP_LOOKUP_ELEM)
+            .pass_if_zero(R0)
+            .load32(R2, R0, 0)
+            .pass_if_zero(R2)
+            .sub_imm(R2, 1)
+    }
+
     /// Appends the exit every `pass_if` jumps to: `return verdict`.
     pub fn finish(mut self, verdict: i32) -> Vec<Insn> {
         let pass = self.code.len();

@@ -15,6 +15,7 @@
 //! socket, or binds the block's sockets); RTP only flows after the answer, long after.
 
 mod bpf;
+mod checksum;
 mod raw;
 mod relay;
 pub mod sdp;
@@ -73,6 +74,22 @@ pub struct BlockCounters {
 }
 
 impl BlockCounters {
+    /// `packets` packets of `bytes` payload bytes arrived on port `idx` of the block (0–1: leg
+    /// A, 2–3: leg B) at `now_ms`. Only the block's media thread writes these (signalling
+    /// reads them, and resets them while the block is free), so a plain load and store does:
+    /// no locked read-modify-write per packet.
+    #[inline]
+    fn received(&self, idx: usize, packets: u64, bytes: u64, now_ms: u64) {
+        let (p, b) = if idx < 2 {
+            (&self.a_packets, &self.a_bytes)
+        } else {
+            (&self.b_packets, &self.b_bytes)
+        };
+        p.store(p.load(Ordering::Relaxed) + packets, Ordering::Relaxed);
+        b.store(b.load(Ordering::Relaxed) + bytes, Ordering::Relaxed);
+        self.last_rx_ms.store(now_ms, Ordering::Relaxed);
+    }
+
     fn reset(&self) {
         for c in [
             &self.a_packets,

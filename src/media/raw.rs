@@ -149,35 +149,8 @@ fn write_header(h: &mut [u8; HEADER], src: [u8; 4], sport: u16, dest: SocketAddr
     h[24..26].copy_from_slice(&udp_len.to_be_bytes());
     h[26..28].copy_from_slice(&[0, 0]);
     if src != [0; 4] {
-        let sum = udp_checksum(src, dst, &h[20..28], body);
+        let sum = super::checksum::udp(src, dst, &[&h[20..28], body]);
         h[26..28].copy_from_slice(&sum.to_be_bytes());
-    }
-}
-
-/// RFC 768's checksum over the pseudo-header, the UDP header (checksum field 0) and the body.
-fn udp_checksum(src: [u8; 4], dst: [u8; 4], udp: &[u8], body: &[u8]) -> u16 {
-    let mut sum: u64 = u64::from(u32::from_be_bytes(src))
-        + u64::from(u32::from_be_bytes(dst))
-        + libc::IPPROTO_UDP as u64
-        + (udp.len() + body.len()) as u64;
-    let mut add = |bytes: &[u8]| {
-        let mut words = bytes.chunks_exact(4);
-        for w in &mut words {
-            sum += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
-        }
-        let rest = words.remainder();
-        let mut tail = [0u8; 4];
-        tail[..rest.len()].copy_from_slice(rest);
-        sum += u64::from(u32::from_be_bytes(tail));
-    };
-    add(udp);
-    add(body);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    match !(sum as u16) {
-        0 => 0xffff, // 0 would mean "no checksum"
-        c => c,
     }
 }
 

@@ -545,11 +545,6 @@ impl Relay {
         // A (0, 1) <-> B (2, 3), RTP to RTP, RTCP to RTCP.
         let out = idx ^ 2;
         let counters = &self.shared.counters[block];
-        let (packets, bytes) = if idx < 2 {
-            (&counters.a_packets, &counters.a_bytes)
-        } else {
-            (&counters.b_packets, &counters.b_bytes)
-        };
         let stats = &self.shared.stats;
         if !s.active {
             // A free block: late packets of its last call, or a scan. Drained, counted.
@@ -589,9 +584,7 @@ impl Relay {
                 keep += 1;
             }
             if keep > 0 {
-                bump(packets, keep as u64);
-                bump(bytes, kept_bytes);
-                counters.last_rx_ms.store(now_ms, Ordering::Relaxed);
+                counters.received(idx, keep as u64, kept_bytes, now_ms);
                 match dest {
                     Some(d) => {
                         stats.packets.fetch_add(keep as u64, Ordering::Relaxed);
@@ -626,8 +619,7 @@ impl Relay {
     fn relay_steered(&mut self, now_ms: u64) -> bool {
         let fd = self.own.socket.as_raw_fd();
         let base = self.shared.base;
-        let stats = &self.shared.stats;
-        let (mut relayed, mut relayed_bytes, mut stray, mut dead) = (0u64, 0u64, 0u64, 0u64);
+        let mut t = Tally::default();
         let mut more = false;
         for _ in 0..STEERED_BATCHES {
             let Ok((first, n)) = self.batch.recv(fd) else {
@@ -639,28 +631,20 @@ impl Relay {
                 let (block, idx) = (off / BLOCK_PORTS as usize, off % BLOCK_PORTS as usize);
                 let session = self.sessions.get_mut(block).and_then(Option::as_mut);
                 let (Some(s), Some(src)) = (session, self.batch.source(i)) else {
-                    dead += 1;
+                    t.dead += 1;
                     continue;
                 };
                 if !s.active {
-                    dead += 1;
+                    t.dead += 1;
                     continue;
                 }
                 if !s.latches[idx].admit(src, now_ms) {
-                    stray += 1;
+                    t.stray += 1;
                     continue;
                 }
                 s.latches[idx].local = to.map(|d| d.ip());
                 let len = self.batch.len(i) as u64;
-                let c = &self.shared.counters[block];
-                let (packets, bytes) = if idx < 2 {
-                    (&c.a_packets, &c.a_bytes)
-                } else {
-                    (&c.b_packets, &c.b_bytes)
-                };
-                bump(packets, 1);
-                bump(bytes, len);
-                c.last_rx_ms.store(now_ms, Ordering::Relaxed);
+                self.shared.counters[block].received(idx, 1, len, now_ms);
                 // A (0, 1) <-> B (2, 3), RTP to RTP, RTCP to RTCP.
                 let out = idx ^ 2;
                 // Without sockets of its own a block sends raw, IPv4 only.
@@ -680,10 +664,9 @@ impl Relay {
                             ),
                             d,
                         );
-                        relayed += 1;
-                        relayed_bytes += len;
+                        t.relayed(len);
                     }
-                    None => dead += 1,
+                    None => t.dead += 1,
                 }
             }
             more = n == BATCH;
@@ -691,16 +674,7 @@ impl Relay {
                 break;
             }
         }
-        for (counter, v) in [
-            (&stats.packets, relayed),
-            (&stats.bytes, relayed_bytes),
-            (&stats.dropped_stray, stray),
-            (&stats.dropped_no_session, dead),
-        ] {
-            if v > 0 {
-                counter.fetch_add(v, Ordering::Relaxed);
-            }
-        }
+        t.flush(&self.shared.stats);
         more
     }
 }
@@ -712,12 +686,10 @@ impl Relay {
     /// True when frames may be left (the turn's share was used up).
     fn relay_xsk(&mut self, k: usize, now_ms: u64) -> bool {
         let base = self.shared.base;
-        let stats = &self.shared.stats;
         let xsk = &mut self.xsks[k];
+        let mut t = Tally::default();
         let mut more = false;
         for _ in 0..XSK_BATCHES {
-            let (mut relayed, mut framed, mut relayed_bytes, mut stray, mut dead) =
-                (0u64, 0u64, 0u64, 0u64, 0u64);
             let (first, n) = xsk.received(XSK_BATCH);
             if n == 0 {
                 // Frames the device was too busy for last time, and completions, even so.
@@ -729,7 +701,7 @@ impl Relay {
                 let (addr, frame) = xsk.frame(i);
                 // Not to us (a promiscuous interface hands over others' frames): not ours.
                 let Some(p) = xdp::inbound(frame).filter(|p| p.to_mac == self.own_mac) else {
-                    dead += 1;
+                    t.dead += 1;
                     xsk.recycle(addr);
                     continue;
                 };
@@ -741,31 +713,23 @@ impl Relay {
                     .and_then(Option::as_mut)
                     .filter(|s| s.active)
                 else {
-                    dead += 1;
+                    t.dead += 1;
                     xsk.recycle(addr);
                     continue;
                 };
                 let latch = &mut s.latches[idx];
                 if !latch.admit(SocketAddr::V4(p.src), now_ms) {
-                    stray += 1;
+                    t.stray += 1;
                     xsk.recycle(addr);
                     continue;
                 }
                 latch.local = Some(std::net::IpAddr::V4(*p.dst.ip()));
                 latch.mac = Some(p.src_mac);
-                let c = &self.shared.counters[block];
-                let (packets, bytes) = if idx < 2 {
-                    (&c.a_packets, &c.a_bytes)
-                } else {
-                    (&c.b_packets, &c.b_bytes)
-                };
-                bump(packets, 1);
-                bump(bytes, p.payload as u64);
-                c.last_rx_ms.store(now_ms, Ordering::Relaxed);
+                self.shared.counters[block].received(idx, 1, p.payload as u64, now_ms);
                 // A (0, 1) <-> B (2, 3), RTP to RTP, RTCP to RTCP.
                 let out = &s.latches[idx ^ 2];
                 let Some(SocketAddr::V4(to)) = out.dest() else {
-                    dead += 1;
+                    t.dead += 1;
                     xsk.recycle(addr);
                     continue;
                 };
@@ -777,14 +741,13 @@ impl Relay {
                     local,
                     base + (block * BLOCK_PORTS as usize + (idx ^ 2)) as u16,
                 );
-                relayed += 1;
-                relayed_bytes += p.payload as u64;
+                t.relayed(p.payload as u64);
                 match out.mac.or(self.any_next_hop).filter(|_| room > 0) {
                     Some(next_hop) => {
                         xdp::rewrite(frame, self.own_mac, next_hop, from, to);
                         xsk.send(addr, p.len as u32);
                         room -= 1;
-                        framed += 1;
+                        t.framed += 1;
                     }
                     None => {
                         let payload = frame[xdp::HEADERS..].as_ptr();
@@ -803,17 +766,7 @@ impl Relay {
             }
             xsk.consumed(n);
             // Counted before they leave, as on the socket paths.
-            for (counter, v) in [
-                (&stats.packets, relayed),
-                (&stats.xdp_packets, framed),
-                (&stats.bytes, relayed_bytes),
-                (&stats.dropped_stray, stray),
-                (&stats.dropped_no_session, dead),
-            ] {
-                if v > 0 {
-                    counter.fetch_add(v, Ordering::Relaxed);
-                }
-            }
+            t.flush(&self.shared.stats);
             if let Some(raw) = self.batch.raw.as_mut() {
                 raw.flush();
             }
@@ -827,12 +780,39 @@ impl Relay {
     }
 }
 
-/// Adds to a block's counter. Only the block's media thread writes it (signalling reads it,
-/// and resets it while the block is free), so a plain load and store does: no locked
-/// read-modify-write per packet.
-#[inline]
-fn bump(counter: &std::sync::atomic::AtomicU64, n: u64) {
-    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+/// What a stretch of packets came to, added to the process-wide figures at once (one atomic
+/// add per figure, not per packet).
+#[derive(Default)]
+struct Tally {
+    relayed: u64,
+    /// Of `relayed`, sent frame to frame through AF_XDP.
+    framed: u64,
+    bytes: u64,
+    stray: u64,
+    dead: u64,
+}
+
+impl Tally {
+    fn relayed(&mut self, bytes: u64) {
+        self.relayed += 1;
+        self.bytes += bytes;
+    }
+
+    /// Adds the tally to `stats` and starts over.
+    fn flush(&mut self, stats: &super::MediaStats) {
+        for (counter, v) in [
+            (&stats.packets, self.relayed),
+            (&stats.xdp_packets, self.framed),
+            (&stats.bytes, self.bytes),
+            (&stats.dropped_stray, self.stray),
+            (&stats.dropped_no_session, self.dead),
+        ] {
+            if v > 0 {
+                counter.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+        *self = Tally::default();
+    }
 }
 
 /// How a turn's queued packets leave.

@@ -26,6 +26,7 @@
 //! `accept_local=1`; on a real interface neither applies.
 
 use super::bpf::*;
+use super::checksum;
 use std::io;
 use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
@@ -159,47 +160,50 @@ fn ifindex(interface: &str) -> io::Result<u32> {
     }
 }
 
-/// Whether the interface has IFF_LOOPBACK (SIOCGIFFLAGS; false where it cannot be read).
-fn is_loopback(interface: &str) -> bool {
-    // SAFETY: all-zero is a valid ifreq; the name is copied in below, NUL-terminated.
+/// An interface ioctl: `request` on an `ifreq` naming `interface`, prepared by `fill`, on a
+/// datagram socket of its own; the ifreq as the kernel left it, or None where it refused.
+fn interface_ioctl(
+    interface: &str,
+    request: libc::c_ulong,
+    fill: impl FnOnce(&mut libc::ifreq),
+) -> Option<libc::ifreq> {
+    // SAFETY: all-zero is a valid ifreq; the name (at most 15 bytes) stays NUL-terminated.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(interface.bytes().take(15)) {
         *d = s as libc::c_char;
     }
-    // SAFETY: a datagram socket for the ioctl, closed below; req is a live ifreq.
+    fill(&mut req);
+    // SAFETY: a socket only for the ioctl, closed below; req is a live ifreq, and whatever
+    // `fill` pointed it at outlives the call.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return false;
+            return None;
         }
-        let r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        let r = libc::ioctl(fd, request as _, &mut req);
         libc::close(fd);
-        r == 0 && i32::from(req.ifr_ifru.ifru_flags) & libc::IFF_LOOPBACK != 0
+        (r == 0).then_some(req)
     }
 }
 
-/// The interface's MAC address (SIOCGIFHWADDR; zero where it has none, as lo).
+/// Whether the interface has IFF_LOOPBACK (false where it cannot be read).
+fn is_loopback(interface: &str) -> bool {
+    interface_ioctl(interface, libc::SIOCGIFFLAGS, |_| {}).is_some_and(|r| {
+        // SAFETY: SIOCGIFFLAGS filled the flags member.
+        i32::from(unsafe { r.ifr_ifru.ifru_flags }) & libc::IFF_LOOPBACK != 0
+    })
+}
+
+/// The interface's MAC address (zero where it has none, as lo).
 fn hardware_address(interface: &str) -> [u8; 6] {
-    // SAFETY: all-zero is a valid ifreq; the name is copied in below, NUL-terminated.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(interface.bytes().take(15)) {
-        *d = s as libc::c_char;
-    }
     let mut mac = [0u8; 6];
-    // SAFETY: a datagram socket for the ioctl, closed below; req is a live ifreq, and the
-    // hardware address is a sockaddr whose data starts with the MAC.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return mac;
+    if let Some(r) = interface_ioctl(interface, libc::SIOCGIFHWADDR, |_| {}) {
+        // SAFETY: SIOCGIFHWADDR filled the address member: a sockaddr whose data starts with
+        // the MAC.
+        let data = unsafe { r.ifr_ifru.ifru_hwaddr.sa_data };
+        for (m, d) in mac.iter_mut().zip(data.iter()) {
+            *m = *d as u8;
         }
-        if libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) == 0 {
-            let data = req.ifr_ifru.ifru_hwaddr.sa_data;
-            for (m, d) in mac.iter_mut().zip(data.iter()) {
-                *m = *d as u8;
-            }
-        }
-        libc::close(fd);
     }
     mac
 }
@@ -231,25 +235,10 @@ fn rx_queues(interface: &str) -> u32 {
         cmd: ETHTOOL_GCHANNELS,
         ..Channels::default()
     };
-    // SAFETY: an ifreq naming the interface whose data pointer is `ch`, live for the ioctl, on a
-    // socket closed after.
-    let ethtool = unsafe {
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (d, s) in req.ifr_name.iter_mut().zip(interface.bytes().take(15)) {
-            *d = s as libc::c_char;
-        }
+    let ethtool = interface_ioctl(interface, libc::SIOCETHTOOL, |req| {
         req.ifr_ifru.ifru_data = (&mut ch as *mut Channels).cast();
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        let r = if fd >= 0 {
-            libc::ioctl(fd, libc::SIOCETHTOOL as _, &mut req)
-        } else {
-            -1
-        };
-        if fd >= 0 {
-            libc::close(fd);
-        }
-        r == 0
-    };
+    })
+    .is_some();
     if ethtool && ch.rx_count + ch.combined_count > 0 {
         return ch.rx_count + ch.combined_count;
     }
@@ -309,16 +298,7 @@ fn program(
         .sub_imm(R5, i32::from(base))
         // Below base wraps to a huge value: one unsigned compare checks both ends.
         .pass_if_ge(R5, span as i32)
-        .rsh_imm(R5, block_shift as i32)
-        .store32(R10, -4, R5)
-        .mov(R2, R10)
-        .add_imm(R2, -4)
-        .map(R1, owners)
-        .call(HELPER_MAP_LOOKUP_ELEM)
-        .pass_if_zero(R0)
-        .load32(R2, R0, 0)
-        .pass_if_zero(R2)
-        .sub_imm(R2, 1)
+        .owner_of_block(R5, block_shift, owners)
         .load32(R3, R6, CTX_RX_QUEUE)
         .mov(R4, R3)
         .mod_imm(R4, threads.max(1) as i32)
@@ -762,36 +742,11 @@ pub fn rewrite(
     h[34..36].copy_from_slice(&from.port().to_be_bytes());
     h[36..38].copy_from_slice(&to.port().to_be_bytes());
     h[40..42].copy_from_slice(&[0, 0]);
-    let ip = !fold(ones_sum(&h[14..34], 0));
+    let ip = checksum::ipv4_header(&h[14..34]);
     h[24..26].copy_from_slice(&ip.to_be_bytes());
-    // Pseudo-header: the addresses (as they are in the IP header), protocol and UDP length;
-    // then the UDP header and payload.
-    let udp_len = (ip_len - 20) as u64;
-    let c = !fold(ones_sum(&h[34..], ones_sum(&h[26..34], 17 + udp_len)));
-    // A computed 0 goes out as all ones: 0 means "no checksum" (RFC 768).
-    let c = if c == 0 { 0xffff } else { c };
-    h[40..42].copy_from_slice(&c.to_be_bytes());
-}
-
-/// The big-endian 16-bit words of `bytes` (an odd last byte padded with zero) added to `s`,
-/// not yet folded. Read four bytes at a time: the fold gives the same 16-bit sum.
-fn ones_sum(bytes: &[u8], mut s: u64) -> u64 {
-    let mut words = bytes.chunks_exact(4);
-    for w in &mut words {
-        s += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
-    }
-    let rest = words.remainder();
-    let mut tail = [0u8; 4];
-    tail[..rest.len()].copy_from_slice(rest);
-    s + u64::from(u32::from_be_bytes(tail))
-}
-
-/// One's-complement fold to 16 bits.
-fn fold(mut s: u64) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
+    let (src, dst) = (from.ip().octets(), to.ip().octets());
+    let udp = checksum::udp(src, dst, &[&h[34..]]);
+    h[40..42].copy_from_slice(&udp.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -915,17 +870,7 @@ mod tests {
     fn every_jump_lands_on_the_pass_exit() {
         for bind in ["0.0.0.0", "192.0.2.1"] {
             let code = program(20_000, 400, 2, bind.parse().unwrap(), 3, 5, 6);
-            let exit = code.len() - 2;
-            for (i, insn) in code.iter().enumerate() {
-                if JUMPS.contains(&insn.code) {
-                    assert_eq!(
-                        i as i64 + 1 + i64::from(insn.off),
-                        exit as i64,
-                        "jump at {i}"
-                    );
-                }
-            }
-            assert_eq!((code[exit].code, code[exit].imm), (0xb7, XDP_PASS));
+            let exit = assert_jumps_land_on_the_exit(&code, XDP_PASS);
             // The redirect's own exit comes right before: nothing falls through into the pass.
             assert_eq!(code[exit - 1].code, 0x95);
             assert_eq!(code[exit - 2].imm, HELPER_REDIRECT_MAP);
