@@ -741,28 +741,29 @@ impl Relay {
                     local,
                     base + (block * BLOCK_PORTS as usize + (idx ^ 2)) as u16,
                 );
-                t.relayed(p.payload as u64);
-                match out.mac.or(self.any_next_hop).filter(|_| room > 0) {
-                    Some(next_hop) => {
+                match (out.mac.or(self.any_next_hop), self.batch.raw.as_mut()) {
+                    (Some(next_hop), _) if room > 0 => {
                         xdp::rewrite(frame, self.own_mac, next_hop, from, to);
                         xsk.send(addr, p.len as u32);
                         room -= 1;
                         t.framed += 1;
                     }
-                    None => {
+                    (_, Some(raw)) => {
                         let payload = frame[xdp::HEADERS..].as_ptr();
-                        let raw = self
-                            .batch
-                            .raw
-                            .as_mut()
-                            .expect("AF_XDP only with a raw sender");
                         // SAFETY: the frame is held (not received into) until the kick after
                         // the raw sender's flush. The raw sender holds 256 packets, more than
                         // one batch, and is flushed after each.
                         unsafe { raw.queue(Some(local), from.port(), to, payload, p.payload) };
                         xsk.hold(addr);
                     }
+                    // Not reached: a thread takes AF_XDP sockets only with a raw sender.
+                    (_, None) => {
+                        t.dead += 1;
+                        xsk.recycle(addr);
+                        continue;
+                    }
                 }
+                t.relayed(p.payload as u64);
             }
             xsk.consumed(n);
             // Counted before they leave, as on the socket paths.
