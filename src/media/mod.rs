@@ -194,14 +194,13 @@ fn steer(shared: &Arc<Shared>, sockets: &[socket2::Socket]) -> Option<Arc<steer:
     }
 }
 
-/// The XDP program on `interface` and the queues to open AF_XDP sockets on; None (logged once)
-/// when the kernel refuses.
+/// The XDP program on `interface`; None (logged once) when the kernel refuses.
 fn attach_xdp(
     shared: &Arc<Shared>,
     interface: &str,
     threads: u32,
     steering: &steer::Steering,
-) -> Option<(Arc<xdp::Xdp>, Vec<u32>)> {
+) -> Option<Arc<xdp::Xdp>> {
     if !shared.bind.is_ipv4() {
         tracing::warn!("media.xdp_interface needs an IPv4 media.address: not used");
         return None;
@@ -223,8 +222,7 @@ fn attach_xdp(
                 mode = if x.native { "native" } else { "generic" },
                 "media frames of {interface} through AF_XDP"
             );
-            let queues = (0..x.queues).collect();
-            Some((Arc::new(x), queues))
+            Some(Arc::new(x))
         }
         Err(e) => {
             tracing::warn!("AF_XDP on {interface} unavailable ({e}): media stays on sockets");
@@ -233,13 +231,12 @@ fn attach_xdp(
     }
 }
 
-/// AF_XDP sockets on the `queues` thread `t` of `threads` serves (queue q: thread q % threads);
-/// a queue whose socket the kernel refuses stays with the kernel (logged).
-fn open_xsks(x: &xdp::Xdp, queues: &[u32], t: usize, threads: usize) -> Vec<xdp::Xsk> {
-    queues
-        .iter()
-        .filter(|&&q| q as usize % threads == t)
-        .filter_map(|&q| match xdp::Xsk::open(x.ifindex, q) {
+/// AF_XDP sockets on the interface queues thread `t` of `threads` serves (queue q: thread
+/// q % threads); a queue whose socket the kernel refuses stays with the kernel (logged).
+fn open_xsks(x: &xdp::Xdp, t: usize, threads: usize) -> Vec<xdp::Xsk> {
+    (0..x.queues)
+        .filter(|&q| q as usize % threads == t)
+        .filter_map(|q| match xdp::Xsk::open(x.ifindex, q) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(
@@ -370,8 +367,7 @@ impl Media {
                 relay::ThreadSocket::new(
                     socket,
                     steering.clone(),
-                    xdp.as_ref()
-                        .map(|(x, queues)| (x.clone(), open_xsks(x, queues, t, threads))),
+                    xdp.as_ref().map(|x| (x.clone(), open_xsks(x, t, threads))),
                 ),
             )?;
             handles.push(
