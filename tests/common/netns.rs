@@ -16,10 +16,17 @@ pub fn has_cap(bit: u32) -> bool {
     eff & (1 << bit) != 0
 }
 
-/// Whether the process may make namespaces (CAP_SYS_ADMIN) and attach XDP in them (CAP_BPF,
+/// Whether the process may make network namespaces (CAP_SYS_ADMIN, and no seccomp profile
+/// refusing `unshare`, tried on a throwaway thread) and attach XDP in them (CAP_BPF,
 /// CAP_NET_ADMIN): root in CI and on the bench machine.
 pub fn may_run() -> bool {
-    has_cap(21) && has_cap(39) && has_cap(12)
+    has_cap(21)
+        && has_cap(39)
+        && has_cap(12)
+        // SAFETY: unshare(2) on a thread that ends right after.
+        && std::thread::spawn(|| unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0)
+            .join()
+            .unwrap_or(false)
 }
 
 /// Moves the calling thread into a new network namespace with lo up.
