@@ -22,6 +22,12 @@ pub mod sdp;
 mod steer;
 mod xdp;
 
+/// The AF_XDP path's per-frame work (reading a frame's headers, rewriting them in place), public
+/// for `bench/frame.rs`.
+pub mod frame {
+    pub use super::xdp::{inbound, rewrite, Inbound, HEADERS};
+}
+
 use crate::config::MediaConfig;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use std::net::{IpAddr, SocketAddr};
