@@ -89,18 +89,16 @@ for sys in $SYSTEMS; do
       taskset -c "$SUT_CPUS" "$W/xsk_fwd" "$W/xsk_fwd.bpf.o" 50000 "$N" 600 600 >"$W/xsk.log" 2>&1 & PID=$!; sleep 1
       grep -q ready "$W/xsk.log" || { echo "error: xsk_fwd did not start: $(cat "$W/xsk.log")"; exit 1; }
       steps xsk-fwd-streams "$N" "$P40" ;;
-    sipedge) log "sipedge media relay, $N sessions"
-      taskset -c "$SUT_CPUS" "$MB" --sessions "$N" --workers 1 --port-min 10000 --seconds 600 >"$W/mb.log" 2>&1 & PID=$!
+    sipedge|sipedge-xdp)
+      # sipedge-xdp: the same relay with media.xdp_interface = lo (AF_XDP).
+      XDP=(); LABEL=sipedge-m1
+      [ "$sys" = sipedge-xdp ] && { XDP=(--xdp lo); LABEL=sipedge-xdp; }
+      log "sipedge media relay, $N sessions ${XDP[*]}"
+      taskset -c "$SUT_CPUS" "$MB" --sessions "$N" --workers 1 --port-min 10000 --seconds 600 "${XDP[@]}" >"$W/mb.log" 2>&1 & PID=$!
       for _ in $(seq 100); do grep -q ready "$W/mb.log" && break; sleep 0.2; done
       PORTS=$(sed -n 's/^ports //p' "$W/mb.log")
       [ -n "$PORTS" ] || { echo "error: sipedge-mediabench did not start"; exit 1; }
-      steps sipedge-m1 "$N" "$PORTS" ;;
-    sipedge-xdp) log "sipedge media relay over AF_XDP (media.xdp_interface = lo), $N sessions"
-      taskset -c "$SUT_CPUS" "$MB" --sessions "$N" --workers 1 --port-min 10000 --seconds 600 --xdp lo >"$W/mb.log" 2>&1 & PID=$!
-      for _ in $(seq 100); do grep -q ready "$W/mb.log" && break; sleep 0.2; done
-      PORTS=$(sed -n 's/^ports //p' "$W/mb.log")
-      [ -n "$PORTS" ] || { echo "error: sipedge-mediabench did not start"; exit 1; }
-      steps sipedge-xdp "$N" "$PORTS" ;;
+      steps "$LABEL" "$N" "$PORTS" ;;
     *) echo "error: unknown system $sys"; exit 1 ;;
   esac
   stop
