@@ -55,6 +55,9 @@ pub struct SipConfig {
     pub workers: usize,
     pub tls_cert: String,
     pub tls_key: String,
+    /// After a loop turn that found more than one datagram queued, a worker sleeps this long
+    /// before reading again instead of waking per arrival (zero: never).
+    pub coalesce_us: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -310,6 +313,7 @@ struct RawSip {
     workers: i64,
     tls_cert: String,
     tls_key: String,
+    coalesce_us: i64,
 }
 
 impl Default for RawSip {
@@ -320,6 +324,7 @@ impl Default for RawSip {
             workers: 0,
             tls_cert: String::new(),
             tls_key: String::new(),
+            coalesce_us: 200,
         }
     }
 }
@@ -726,6 +731,7 @@ impl RawSip {
             workers: int("sip.workers", self.workers, 0, 4096)?,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
+            coalesce_us: int("sip.coalesce_us", self.coalesce_us, 0, 10_000)?,
         })
     }
 }
@@ -1307,6 +1313,8 @@ path = "/var/log/sipedge/cdr.jsonl"
                 "sip.tls_key",
             ),
             ("[sip]\nworkers = -1", "sip.workers"),
+            ("[sip]\ncoalesce_us = -1", "sip.coalesce_us"),
+            ("[sip]\ncoalesce_us = 10001", "sip.coalesce_us"),
             ("[sip]\nadvertise = \"a b\"", "sip.advertise"),
             ("[registrar]\nrealm = \"\"", "registrar.realm"),
             ("[registrar]\nrealm = \"bad realm\"", "registrar.realm"),

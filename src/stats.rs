@@ -145,6 +145,8 @@ pub struct WorkerStats {
     pub messages: u64,
     /// Requests this worker passed to the worker owning their state.
     pub handoffs: u64,
+    /// Loop turns that slept `sip.coalesce_us` to let the socket fill instead of parking.
+    pub coalesced: u64,
     pub calls: CallStats,
     /// CDRs the writer's queue refused (full or closed).
     pub cdr_dropped: u64,
@@ -172,6 +174,7 @@ impl WorkerStats {
             register_rejected: [0; 4],
             messages: 0,
             handoffs: 0,
+            coalesced: 0,
             calls: CallStats::default(),
             cdr_dropped: 0,
             registrations_active: 0,
@@ -317,6 +320,14 @@ pub fn render(stats: &[WorkerStats]) -> String {
             out,
             "sipedge_worker_handoffs_total{{worker=\"{}\"}} {}",
             s.worker, s.handoffs
+        );
+    }
+    out.push_str("# HELP sipedge_worker_coalesced_total Loop turns in which a worker waited sip.coalesce_us for more datagrams instead of waking per arrival.\n# TYPE sipedge_worker_coalesced_total counter\n");
+    for s in stats {
+        let _ = writeln!(
+            out,
+            "sipedge_worker_coalesced_total{{worker=\"{}\"}} {}",
+            s.worker, s.coalesced
         );
     }
     out.push_str("# HELP sipedge_processing_seconds From a datagram's arrival to sipedge's response or forwarded request being sent.\n# TYPE sipedge_processing_seconds summary\n");

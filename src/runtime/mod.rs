@@ -487,6 +487,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             local,
             media: Some(media.clone()),
             media_timeout_s: config.media.timeout_s,
+            coalesce: std::time::Duration::from_micros(config.sip.coalesce_us.into()),
         })
         .context("cannot start a worker")?;
         let core = if cores.is_empty() {
