@@ -306,29 +306,30 @@ pub fn render(stats: &[WorkerStats]) -> String {
         "sipedge_bans_active {}",
         stats.iter().map(|s| s.bans_active).max().unwrap_or(0)
     );
-    out.push_str("# HELP sipedge_worker_messages_total Messages handled per signalling worker.\n# TYPE sipedge_worker_messages_total counter\n");
-    for s in stats {
-        let _ = writeln!(
-            out,
-            "sipedge_worker_messages_total{{worker=\"{}\"}} {}",
-            s.worker, s.messages
-        );
-    }
-    out.push_str("# HELP sipedge_worker_handoffs_total Requests a worker passed to the worker owning their state.\n# TYPE sipedge_worker_handoffs_total counter\n");
-    for s in stats {
-        let _ = writeln!(
-            out,
-            "sipedge_worker_handoffs_total{{worker=\"{}\"}} {}",
-            s.worker, s.handoffs
-        );
-    }
-    out.push_str("# HELP sipedge_worker_coalesced_total Loop turns in which a worker waited sip.coalesce_us for more datagrams instead of waking per arrival.\n# TYPE sipedge_worker_coalesced_total counter\n");
-    for s in stats {
-        let _ = writeln!(
-            out,
-            "sipedge_worker_coalesced_total{{worker=\"{}\"}} {}",
-            s.worker, s.coalesced
-        );
+    /// A per-worker counter: name, help, value.
+    type Counter = (&'static str, &'static str, fn(&WorkerStats) -> u64);
+    let per_worker: [Counter; 3] = [
+        (
+            "sipedge_worker_messages_total",
+            "Messages handled per signalling worker.",
+            |s| s.messages,
+        ),
+        (
+            "sipedge_worker_handoffs_total",
+            "Requests a worker passed to the worker owning their state.",
+            |s| s.handoffs,
+        ),
+        (
+            "sipedge_worker_coalesced_total",
+            "Loop turns in which a worker waited sip.coalesce_us for more datagrams instead of waking per arrival.",
+            |s| s.coalesced,
+        ),
+    ];
+    for (name, help, value) in per_worker {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for s in stats {
+            let _ = writeln!(out, "{name}{{worker=\"{}\"}} {}", s.worker, value(s));
+        }
     }
     out.push_str("# HELP sipedge_processing_seconds From a datagram's arrival to sipedge's response or forwarded request being sent.\n# TYPE sipedge_processing_seconds summary\n");
     for (i, m) in METHODS.iter().enumerate() {
