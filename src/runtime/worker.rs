@@ -3,8 +3,9 @@
 //!
 //! The loop: drain control and hand-off channels, drain the socket in recvmmsg batches, answer
 //! what this shard owns, hand the rest to its owner, flush sendmmsg, run timers, park in
-//! `poll`. Nothing here blocks except `poll` itself, and nothing allocates per message once
-//! warm (hand-off buffers are pooled and returned).
+//! `poll` (or, under load, sleep `sip.coalesce_us` and go round again). Nothing here blocks
+//! except `poll` and that sleep, and nothing allocates per message once warm (hand-off buffers
+//! are pooled and returned).
 
 use super::udp::{RecvBatch, SendBatch, SendMeta};
 use super::{Control, Handoff, Peer, PersistBatch, SecurityEvent};
