@@ -15,6 +15,7 @@ pub mod config;
 pub mod fasthash;
 pub mod limits;
 pub mod media;
+pub mod prefetch;
 pub mod registrar;
 pub mod routing;
 pub mod runtime;

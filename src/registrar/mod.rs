@@ -609,6 +609,24 @@ impl Registrar {
         self.challenge(now_ms, false, None)
     }
 
+    /// Starts loading credential `key`'s state here, if it has one: the slot and its first
+    /// binding's strings, which a refresh compares.
+    pub fn prefetch(&self, key: &[u8]) {
+        let Some(state) = self
+            .index
+            .get(key)
+            .and_then(|&i| self.slots.get(i as usize))
+        else {
+            return;
+        };
+        crate::prefetch::lines(state);
+        if let Some(b) = state.bindings.first() {
+            crate::prefetch::line(b.contact.as_bytes());
+            crate::prefetch::line(b.user_agent.as_bytes());
+            crate::prefetch::line(b.call_id.as_bytes());
+        }
+    }
+
     fn slot_for(&mut self, key: &[u8], cred: &CredentialAuth) -> usize {
         if let Some(&slot) = self.index.get(key) {
             return slot as usize;

@@ -79,6 +79,13 @@ impl Owners {
         self.lookup_slot(slot_of(key))
     }
 
+    /// Starts loading slot `slot`'s cache line (the directory is 128 KiB, often cold).
+    pub fn prefetch(&self, slot: usize) {
+        if let Some(s) = self.slots.get(slot) {
+            crate::prefetch::line(s);
+        }
+    }
+
     /// What slot `slot` (from [`slot_of`]) says.
     pub fn lookup_slot(&self, slot: usize) -> Owner {
         match self.slots[slot].load(Ordering::Acquire) {

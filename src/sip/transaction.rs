@@ -181,9 +181,13 @@ struct Done<R> {
     expires_at: u64,
 }
 
-/// Eight index slots in one cache line: a fingerprint of each key (32 bits of it) and where its
-/// entry is in the ring, as the low 32 bits of its sequence number plus one (0: empty). A slot
-/// whose entry has left the ring is dead and is reused: expiry never touches the index.
+/// Eight index slots in one cache line: a tag of each key (the low 32 bits of its hash) and where
+/// its entry is in the ring, as the low 32 bits of its sequence number plus one (0: empty). A
+/// slot whose entry has left the ring is dead and is reused: expiry never touches the index.
+///
+/// A key's bucket is its hash's low bits, so its tag names its bucket in any index of up to
+/// 2^32 buckets: a growing index re-indexes bucket by bucket, reading neither the ring nor the
+/// keys, and both buckets an old one splits into are written in order.
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(64))]
 struct Bucket {
@@ -197,9 +201,13 @@ const SLOTS: usize = 8;
 /// `max_entries / 4` buckets (half full at the cap).
 const MIN_BUCKETS: usize = 1024;
 
-/// Entries re-indexed per completion while the index grows: the old index is dropped before
-/// the ring has grown by a quarter, and no completion pays for more than this.
-const MOVES_PER_COMPLETION: usize = 4;
+/// Old buckets split per completion while the index grows: the old index (a quarter of the
+/// ring's entries per bucket when it grows) is dropped before the ring has grown by a quarter,
+/// and no completion pays for more than this.
+const SPLITS_PER_COMPLETION: usize = 1;
+
+/// The most buckets an index may have: a tag must name its bucket.
+const MAX_BUCKETS: usize = 1 << 31;
 
 struct Index {
     buckets: Box<[Bucket]>,
@@ -214,8 +222,12 @@ impl Index {
         }
     }
     fn bucket(&self, key: TxnKey) -> &Bucket {
-        &self.buckets[key.lo as usize & self.mask]
+        &self.buckets[tag_of(key) as usize & self.mask]
     }
+}
+
+fn tag_of(key: TxnKey) -> u32 {
+    key.lo as u32
 }
 
 /// The ring's live window: sequence numbers `base .. base + len`.
@@ -237,11 +249,11 @@ impl Window {
         (off < self.len).then_some(off)
     }
 
-    /// Writes `key` at sequence `seq` into its bucket: an empty or dead slot if there is one,
-    /// else over the oldest entry there (which is then forgotten before its Timer J, like the
-    /// flood cap does: a late retransmission of it is processed again).
-    fn place(self, index: &mut Index, key: TxnKey, seq: u64) {
-        let b = &mut index.buckets[key.lo as usize & index.mask];
+    /// Writes the key tagged `tag` at ring slot `at` into its bucket: an empty or dead slot if
+    /// there is one, else over the oldest entry there (which is then forgotten before its
+    /// Timer J, like the flood cap does: a late retransmission of it is processed again).
+    fn place(self, index: &mut Index, tag: u32, at: u32) {
+        let b = &mut index.buckets[tag as usize & index.mask];
         let mut victim = 0;
         let mut oldest = usize::MAX;
         for k in 0..SLOTS {
@@ -257,21 +269,9 @@ impl Window {
                 Some(_) => {}
             }
         }
-        b.tags[victim] = key.hi as u32;
-        b.at[victim] = (seq as u32).wrapping_add(1);
+        b.tags[victim] = tag;
+        b.at[victim] = at;
     }
-}
-
-#[inline(always)]
-fn prefetch_line<T>(at: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint that never faults, and `at` is a live reference anyway.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((at as *const T).cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = at;
 }
 
 /// Entries per ring chunk (256 KiB of 64-byte entries).
@@ -363,11 +363,10 @@ pub struct ServerTransactions<R: Copy> {
     /// Sequence number of `ring[0]`.
     base: u64,
     index: Index,
-    /// While the index grows: the one before, still searched until every entry it indexes has
-    /// been re-indexed (`moving .. moved_end`), a few per completion.
+    /// While the index grows: the one before, still searched until each of its buckets has been
+    /// split into the new one (`split ..` are left), a few per completion.
     old: Option<Index>,
-    moving: u64,
-    moved_end: u64,
+    split: usize,
     max_buckets: usize,
     max_entries: usize,
     timer_j_ms: u64,
@@ -379,14 +378,16 @@ impl<R: Copy> ServerTransactions<R> {
     /// CSeq/nonce rules make harmless).
     pub fn new(max_entries: usize, timer_j_ms: u64) -> Self {
         let max_entries = max_entries.max(1);
-        let max_buckets = max_entries.div_ceil(SLOTS / 2).next_power_of_two();
+        let max_buckets = max_entries
+            .div_ceil(SLOTS / 2)
+            .next_power_of_two()
+            .min(MAX_BUCKETS);
         ServerTransactions {
             ring: Ring::new(),
             base: 0,
             index: Index::new(MIN_BUCKETS.min(max_buckets)),
             old: None,
-            moving: 0,
-            moved_end: 0,
+            split: 0,
             max_buckets,
             max_entries,
             timer_j_ms,
@@ -402,7 +403,7 @@ impl<R: Copy> ServerTransactions<R> {
 
     fn find(&self, key: TxnKey) -> Option<usize> {
         let w = self.window();
-        let tag = key.hi as u32;
+        let tag = tag_of(key);
         let search = |index: &Index| {
             let b = index.bucket(key);
             (0..SLOTS).find_map(|k| {
@@ -418,9 +419,9 @@ impl<R: Copy> ServerTransactions<R> {
     /// single cost of a registration in a native profile; issued early, while the request is
     /// still being parsed, the line arrives in the meantime.
     pub fn prefetch(&self, key: TxnKey) {
-        prefetch_line(self.index.bucket(key));
+        crate::prefetch::line(self.index.bucket(key));
         if let Some(old) = &self.old {
-            prefetch_line(old.bucket(key));
+            crate::prefetch::line(old.bucket(key));
         }
     }
 
@@ -448,31 +449,34 @@ impl<R: Copy> ServerTransactions<R> {
         let buckets = self.index.buckets.len();
         if self.old.is_none() && self.ring.len() * 2 > buckets * SLOTS && buckets < self.max_buckets
         {
-            // Grow: new entries go to the new index at once, the ones before move over a few
-            // per completion (no stall re-indexing them all at once).
+            // Grow: new entries go to the new index at once, the old buckets split into it a
+            // few per completion (no stall re-indexing them all at once).
             self.old = Some(std::mem::replace(&mut self.index, Index::new(buckets * 2)));
-            self.moving = self.base;
-            self.moved_end = seq;
+            self.split = 0;
         }
         let w = self.window();
-        w.place(&mut self.index, key, seq);
+        w.place(&mut self.index, tag_of(key), (seq as u32).wrapping_add(1));
         if self.old.is_some() {
-            self.move_some(MOVES_PER_COMPLETION);
+            self.split_some(SPLITS_PER_COMPLETION);
         }
     }
 
-    fn move_some(&mut self, budget: usize) {
+    /// Re-indexes the live entries of the next `budget` old buckets. Old bucket `b`'s entries
+    /// go to new buckets `b` and `b + old length`: two streams in order, where re-indexing in
+    /// ring order wrote one random bucket per entry.
+    fn split_some(&mut self, budget: usize) {
         let w = self.window();
-        self.moving = self.moving.max(self.base);
-        for _ in 0..budget {
-            if self.moving >= self.moved_end {
-                break;
+        let Some(old) = &self.old else { return };
+        let end = (self.split + budget).min(old.buckets.len());
+        for b in &old.buckets[self.split..end] {
+            for k in 0..SLOTS {
+                if w.offset(b.at[k]).is_some() {
+                    w.place(&mut self.index, b.tags[k], b.at[k]);
+                }
             }
-            let key = self.ring.get((self.moving - self.base) as usize).key;
-            w.place(&mut self.index, key, self.moving);
-            self.moving += 1;
         }
-        if self.moving >= self.moved_end {
+        self.split = end;
+        if end == old.buckets.len() {
             self.old = None;
         }
     }

@@ -222,6 +222,15 @@ impl Snapshot {
                 .is_some_and(|t| self.numbers.get(cli).and_then(|n| n.tenant.as_deref()) == Some(t))
     }
 
+    /// Starts loading what authenticating credential `key` reads: its entry (the key compare
+    /// and the HA1s) and its username.
+    pub fn prefetch_credential(&self, key: &[u8]) {
+        if let Some(c) = self.credentials.get(key) {
+            crate::prefetch::lines(c);
+            crate::prefetch::line(&*c.username);
+        }
+    }
+
     pub fn credential(&self, username: &[u8], realm: &[u8]) -> Option<&CredentialAuth> {
         let mut key = smallvec::SmallVec::<[u8; 128]>::new();
         credential_key(username, realm, &mut key);
