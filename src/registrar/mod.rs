@@ -609,8 +609,8 @@ impl Registrar {
         self.challenge(now_ms, false, None)
     }
 
-    /// Starts loading credential `key`'s state here, if it has one: the slot and its first
-    /// binding's strings, which a refresh compares.
+    /// Looks credential `key`'s state up in the index and starts loading it, if it is here:
+    /// the state and its first binding's strings, which a refresh compares.
     pub fn prefetch(&self, key: &[u8]) {
         let Some(state) = self
             .index

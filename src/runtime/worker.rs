@@ -571,10 +571,10 @@ impl Worker {
                 // single source still gets every core.
                 let account = AccountKey::of_register(req, &self.snap);
                 let authenticated = msg.header(HeaderName::Authorization).is_some();
-                let needs_owner = authenticated || self.backlogged;
-                let slot = owners::slot_of(account.key());
-                self.warm_register(&account, slot, needs_owner, authenticated);
-                if needs_owner {
+                let owner_slot =
+                    (authenticated || self.backlogged).then(|| owners::slot_of(account.key()));
+                self.warm_register(&account, owner_slot, authenticated);
+                if let Some(slot) = owner_slot {
                     let (owner, adopt) = self.register_owner(&account, slot);
                     // A request handed over here before its slot moved on follows the slot.
                     if owner != self.id {
@@ -637,13 +637,15 @@ impl Worker {
         }
     }
 
-    /// An authenticated REGISTER reads its owner slot, its credential (key, HA1, username) and
+    /// An authenticated REGISTER reads its owner slot, its credential (key, HA1s, username) and
     /// its registration state: cold lines at an edge server's table sizes, each lookup's miss
     /// waiting for the one before when taken in turn (a fifth of a registration's user time in
-    /// a profile under sipp). Asked for together here, they overlap, and the owner check and
-    /// the digest cover the wait. A challenge reads the credential alone.
-    fn warm_register(&self, account: &AccountKey, slot: usize, owner: bool, state: bool) {
-        if owner {
+    /// a profile under sipp). Here they are asked for together: the two map lookups do not
+    /// depend on each other, so their misses overlap, and the rest are prefetches that the
+    /// owner check, the transaction lookup and the digest cover. A challenge reads the
+    /// credential alone.
+    fn warm_register(&self, account: &AccountKey, owner_slot: Option<usize>, state: bool) {
+        if let Some(slot) = owner_slot {
             self.owners.prefetch(slot);
         }
         self.snap.prefetch_credential(account.key());

@@ -201,9 +201,9 @@ const SLOTS: usize = 8;
 /// `max_entries / 4` buckets (half full at the cap).
 const MIN_BUCKETS: usize = 1024;
 
-/// Old buckets split per completion while the index grows: the old index (a quarter of the
-/// ring's entries per bucket when it grows) is dropped before the ring has grown by a quarter,
-/// and no completion pays for more than this.
+/// Old buckets split per completion while the index grows. The index grows when the ring holds
+/// four entries per bucket, so the old index is dropped before the ring has grown by a quarter,
+/// and no completion pays for more than one bucket's entries.
 const SPLITS_PER_COMPLETION: usize = 1;
 
 /// The most buckets an index may have: a tag must name its bucket.
@@ -364,7 +364,7 @@ pub struct ServerTransactions<R: Copy> {
     base: u64,
     index: Index,
     /// While the index grows: the one before, still searched until each of its buckets has been
-    /// split into the new one (`split ..` are left), a few per completion.
+    /// split into the new one (`split ..` are left), one per completion.
     old: Option<Index>,
     split: usize,
     max_buckets: usize,
@@ -449,8 +449,8 @@ impl<R: Copy> ServerTransactions<R> {
         let buckets = self.index.buckets.len();
         if self.old.is_none() && self.ring.len() * 2 > buckets * SLOTS && buckets < self.max_buckets
         {
-            // Grow: new entries go to the new index at once, the old buckets split into it a
-            // few per completion (no stall re-indexing them all at once).
+            // Grow: new entries go to the new index at once, the old buckets split into it one
+            // per completion (no stall re-indexing them all at once).
             self.old = Some(std::mem::replace(&mut self.index, Index::new(buckets * 2)));
             self.split = 0;
         }
@@ -611,6 +611,8 @@ mod tests {
             t.complete(key(i), i, 1);
         }
         assert!(t.index.buckets.len() > MIN_BUCKETS, "the index grew");
+        // The last growth (at 65,536 entries) split its 16,384 old buckets by 81,920.
+        assert!(t.old.is_none(), "the old index was dropped once split");
         assert!((0..100_000).all(|i| t.lookup(key(i)) == Some(i)));
         assert_eq!(t.lookup(key(100_000)), None);
         // Timer J of the first 3,000 fires first, then the rest.

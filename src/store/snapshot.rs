@@ -222,8 +222,9 @@ impl Snapshot {
                 .is_some_and(|t| self.numbers.get(cli).and_then(|n| n.tenant.as_deref()) == Some(t))
     }
 
-    /// Starts loading what authenticating credential `key` reads: its entry (the key compare
-    /// and the HA1s) and its username.
+    /// Looks credential `key` up (its entry's first line is the one the key compare misses on)
+    /// and starts loading the rest of what authenticating it reads: the HA1s further on in the
+    /// entry, and the username.
     pub fn prefetch_credential(&self, key: &[u8]) {
         if let Some(c) = self.credentials.get(key) {
             crate::prefetch::lines(c);
