@@ -234,6 +234,9 @@ if ut_r is not None:
                  user_bpf_raw_us_per_ok=round(1e6 * ut_r["user_s"] / ok, 3) if ok else None,
                  user_bpf_us_per_ok=round(1e6 * ut_r["user_corrected_s"] / ok, 3) if ok else None,
                  syscalls_per_ok=round(ut_r["syscalls"] / ok, 2) if ok else None,
+                 oncpu_bpf_probe_ns=round(ut_r["probe_ns"], 1),
+                 oncpu_bpf_raw_us_per_ok=round(1e6 * ut_r["oncpu_s"] / ok, 3) if ok else None,
+                 oncpu_bpf_us_per_ok=round(1e6 * ut_r["oncpu_corrected_s"] / ok, 3) if ok else None,
                  user_bpf_raw_us_by_thread={k: round(1e6 * v / ok, 3) for k, v in ut_r["by_thread_s"].items()}
                  if ok else None)
     else:

@@ -2,13 +2,15 @@
 """Print the REGISTER benchmark table from bench.py JSON lines.
 usage: report.py RESULTS.jsonl [--markdown]
 CPU-µs/reg = SUT CPU (all processes/threads of the system under test) / successful registrations,
-user and system apart. gen% = the load generator's CPU (% of one core), host% = machine busy (max 100*ncpu)."""
+user and system apart (/proc, tick-sampled). With --usertime (bench.py): user µs and CPU µs measured
+exactly with eBPF (perf/usertime.py). gen% = the load generator's CPU (% of one core), host% = machine busy (max 100*ncpu)."""
 import json, sys
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
 md = "--markdown" in sys.argv
 hdr = ["system", "tool", "offered", "ok/s", "fail %", "retrans", "SUT CPU %", "µs/reg", "user µs", "sys µs",
-       "gen %", "host %", "load1", "p99 µs (full reg)", "server p99 µs", "user µs (eBPF)", "syscalls/reg"]
+       "gen %", "host %", "load1", "p99 µs (full reg)", "server p99 µs", "user µs (eBPF)", "CPU µs (eBPF)",
+       "syscalls/reg"]
 
 
 def f(v, nd=1):
@@ -27,7 +29,8 @@ for r in rows:
                 f(r["sut_us_per_ok"]), f(r["sut_user_us_per_ok"]), f(r["sut_sys_us_per_ok"]), f(r["gen_cpu_pct"]),
                 f(r["host_busy_pct"]), f(r["load1_before"], 2), f(r.get("lat_p99_us")),
                 f(proc.get("q0.99")) if "q0.99" in proc else ("-" if not proc else "n/a"),
-                f(r.get("user_bpf_us_per_ok"), 2), f(r.get("syscalls_per_ok"), 2)])
+                f(r.get("user_bpf_us_per_ok"), 2), f(r.get("oncpu_bpf_us_per_ok"), 2),
+                f(r.get("syscalls_per_ok"), 2)])
 if md:
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))

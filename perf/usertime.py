@@ -1,4 +1,4 @@
-"""User-mode CPU time of a set of processes, measured exactly with eBPF (bpftrace).
+"""User-mode and total CPU time of a set of processes, measured exactly with eBPF (bpftrace).
 
 Why: /proc's utime/stime split is sampled by the timer tick, and on a VM the tick is delivered
 on a VM entry, which mostly follows an exit the guest kernel caused: ticks land in kernel mode
@@ -15,6 +15,15 @@ VM of perf/RESULTS.md. Each measurement calibrates it in the same tracing sessio
 that makes nothing but `getppid` calls (perf/raw/syscall_loop.c) is traced with the watched
 ones before the step, and its user time per syscall is the bias. `user_s` is the raw figure,
 `user_corrected_s` subtracts bias x the watched processes' syscalls.
+
+Total CPU the same way: on-CPU time from `sched_switch` to `sched_switch` of the watched
+threads (`oncpu_s`). /proc's utime+stime is tick-sampled (CONFIG_TICK_CPU_ACCOUNTING, 250 Hz on
+the VM of perf/RESULTS.md), and it overcharges a process that sleeps on timers: a loop of 200 µs
+`clock_nanosleep`s measures 21 CPU-µs per sleep by getrusage and 7.7 by `sched_switch`
+(RESULTS.md, session 12). The probes add their own cost to every syscall; the calibrator's
+on-CPU time per call, less its untraced time per call (it times its loop, run once before
+tracing on the idle machine), is that cost, and `oncpu_corrected_s` subtracts it x the watched
+processes' syscalls.
 
 usage (from bench.py): t = UserTime(pids); t.start(); ...; t.stop() -> dict (see stop)
 """
@@ -44,8 +53,24 @@ tracepoint:sched:sched_switch /WATCH/ {
 tracepoint:sched:sched_switch /@paused[args->next_pid] == 1/ {
   @u0[args->next_pid] = nsecs; delete(@paused[args->next_pid]);
 }
-END { clear(@u0); clear(@paused); }
+tracepoint:sched:sched_switch /WATCH/ {
+  $in = @in[tid];
+  if ($in != 0) { @oncpu[pid == CAL] = sum(nsecs - $in); delete(@in[tid]); }
+}
+tracepoint:sched:sched_switch /NEXT_WATCH/ { @in[args->next_pid] = nsecs; }
+END { clear(@u0); clear(@paused); clear(@in); }
 """
+
+
+def tids(pids):
+    """Every thread of these processes."""
+    out = []
+    for p in pids:
+        try:
+            out += [int(t) for t in os.listdir(f"/proc/{p}/task")]
+        except OSError:
+            out.append(p)
+    return out
 
 
 def tgids(roots):
@@ -88,10 +113,16 @@ class UserTime:
         self.err = ""
 
     def start(self):
-        self.cal = subprocess.Popen([calibrator(), str(CALIBRATION_CALLS)], stdin=subprocess.PIPE)
+        untraced = subprocess.run([calibrator(), str(CALIBRATION_CALLS)], input=b"x",
+                                  capture_output=True, timeout=60)
+        self.untraced_ns = int(untraced.stdout.split()[0]) / CALIBRATION_CALLS
+        self.cal = subprocess.Popen([calibrator(), str(CALIBRATION_CALLS)], stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL)
         watch = " || ".join(f"pid == {p}" for p in self.pids + [self.cal.pid])
+        next_watch = " || ".join(f"args->next_pid == {t}" for t in tids(self.pids + [self.cal.pid]))
         self.script = tempfile.NamedTemporaryFile("w", suffix=".bt", delete=False)
-        self.script.write(SCRIPT.replace("WATCH", watch).replace("CAL", str(self.cal.pid)))
+        self.script.write(SCRIPT.replace("NEXT_WATCH", next_watch).replace("WATCH", watch)
+                          .replace("CAL", str(self.cal.pid)))
         self.script.close()
         self.proc = subprocess.Popen(["bpftrace", self.script.name], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
@@ -106,8 +137,9 @@ class UserTime:
         self.cal.communicate(b"x", timeout=60)
 
     def stop(self):
-        """{"user_s", "syscalls", "bias_ns", "user_corrected_s", "by_thread_s"} of the watched
-        processes (by_thread_s: uncorrected, by thread name), or {"usertime_error": str}."""
+        """{"user_s", "syscalls", "bias_ns", "user_corrected_s", "by_thread_s", "oncpu_s",
+        "probe_ns", "oncpu_corrected_s"} of the watched processes (by_thread_s: uncorrected, by
+        thread name), or {"usertime_error": str}."""
         if self.proc is None:
             return {"usertime_error": "not started"}
         self.proc.send_signal(signal.SIGINT)
@@ -136,6 +168,10 @@ class UserTime:
         bias = vals.get("user[1]", 0) / vals["syscalls[1]"]
         user, calls = vals.get("user[0]", 0), vals.get("syscalls[0]", 0)
         threads.pop(os.path.basename(calibrator())[:15], None)
+        oncpu = vals.get("oncpu[0]", 0)
+        probe = max(vals.get("oncpu[1]", 0) / vals["syscalls[1]"] - self.untraced_ns, 0)
         return {"user_s": user / 1e9, "syscalls": calls, "bias_ns": bias,
                 "user_corrected_s": max(user - bias * calls, 0) / 1e9,
+                "oncpu_s": oncpu / 1e9, "probe_ns": probe,
+                "oncpu_corrected_s": max(oncpu - probe * calls, 0) / 1e9,
                 "by_thread_s": {k: v / 1e9 for k, v in sorted(threads.items(), key=lambda kv: -kv[1])}}
