@@ -28,7 +28,8 @@ import json, sys
 for l in open(sys.argv[1]):
     r = json.loads(l)
     print(f"{sys.argv[2]:>12} round {sys.argv[3]}  {r['tool']:7} {int(r['offered_rate']):6}/s  "
-          f"user {r.get('user_bpf_us_per_ok')} µs/reg  total {r['sut_us_per_ok']} µs/reg  "
+          f"user {r.get('user_bpf_us_per_ok')} µs/reg  CPU {r.get('oncpu_bpf_us_per_ok')} µs/reg (eBPF), "
+          f"{r['sut_us_per_ok']} (/proc)  "
           f"syscalls {r.get('syscalls_per_ok')}/reg")
 PY
   done
