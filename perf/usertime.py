@@ -106,6 +106,17 @@ def calibrator():
     return exe
 
 
+TRACEFS = "/sys/kernel/tracing"
+
+
+def ensure_tracefs():
+    """bpftrace attaches tracepoints through tracefs; a freshly booted machine may not have it
+    mounted (the probes then fail with "tracepoint not found"). Mount it if we can."""
+    if os.path.exists(os.path.join(TRACEFS, "available_events")):
+        return
+    subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], capture_output=True)
+
+
 class UserTime:
     def __init__(self, roots):
         self.pids = tgids(roots)
@@ -113,6 +124,7 @@ class UserTime:
         self.err = ""
 
     def start(self):
+        ensure_tracefs()
         untraced = subprocess.run([calibrator(), str(CALIBRATION_CALLS)], input=b"x",
                                   capture_output=True, timeout=60)
         self.untraced_ns = int(untraced.stdout.split()[0]) / CALIBRATION_CALLS

@@ -4,6 +4,7 @@
 //! Owns: everything that touches the OS. The protocol decisions live in `sip`, `registrar` and
 //! `security`; this module feeds them bytes and time and carries out what they return.
 
+pub mod coalesce;
 pub mod udp;
 pub mod worker;
 

@@ -7,6 +7,7 @@
 //! except `poll` and that sleep, and nothing allocates per message once warm (hand-off buffers
 //! are pooled and returned).
 
+use super::coalesce::{Coalescer, Next};
 use super::udp::{RecvBatch, SendBatch, SendMeta};
 use super::{Control, Handoff, Peer, PersistBatch, SecurityEvent};
 use crate::call::Port;
@@ -29,7 +30,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod calls;
 
@@ -52,9 +53,6 @@ enum Recipe {
 const MAX_RECV_BATCHES_PER_TURN: usize = 16;
 const MAX_HANDOFFS_PER_TURN: usize = 1024;
 const TIMER_PERIOD_MS: u64 = 100;
-/// Datagrams a turn must find for the worker to coalesce (see `sip.coalesce_us`): one alone says
-/// arrivals are sparser than a turn, and a wait would mostly be idle.
-const COALESCE_MIN: usize = 2;
 /// Completed transactions forgotten per loop turn at most (Timer J).
 const MAX_TXN_EXPIRY_PER_TURN: usize = 256;
 const PERSIST_PERIOD_MS: u64 = 1000;
@@ -131,8 +129,8 @@ pub struct Worker {
     backlogged: bool,
     /// Datagrams read from the sockets in this loop turn.
     turn_received: usize,
-    /// How long to let the socket fill after a busy turn before reading again (zero: park at once).
-    coalesce: Duration,
+    /// Whether to let the socket fill after a busy turn before reading again (`sip.coalesce_us`).
+    coalescer: Coalescer,
 }
 
 /// Wall-clock time since the Unix epoch. `clock_gettime` straight from the vDSO: it is read per
@@ -244,7 +242,7 @@ impl Worker {
             shutting_down: false,
             backlogged: false,
             turn_received: 0,
-            coalesce: p.coalesce,
+            coalescer: Coalescer::new(p.coalesce),
         })
     }
 
@@ -282,27 +280,23 @@ impl Worker {
             // moment instead lets the socket fill, so one turn answers many (at 24k
             // registrations/s, 0.3 syscalls per registration instead of 1.9, a fifth less CPU;
             // RESULTS.md session 11). The price is at most `sip.coalesce_us` of added latency;
-            // peers' hand-offs wait as long, as `parked` stays false.
+            // peers' hand-offs wait as long, as `parked` stays false. `Coalescer` says when.
             let received = std::mem::take(&mut self.turn_received);
-            if !self.coalesce.is_zero()
-                && received >= COALESCE_MIN
-                && !(more_handoffs || more_socket || more_txns)
-            {
-                self.stats.coalesced += 1;
-                std::thread::sleep(self.coalesce);
-                (main_ready, core_ready) = (true, true);
-                continue;
+            let busy = more_handoffs || more_socket || more_txns;
+            if !busy {
+                if let Next::Sleep(wait) = self.coalescer.after_turn(received) {
+                    self.stats.coalesced += 1;
+                    std::thread::sleep(wait);
+                    (main_ready, core_ready) = (true, true);
+                    continue;
+                }
             }
 
             // Park. The flag tells peers to wake us; re-checking the channels after setting it
             // closes the race with a peer that pushed just before.
             me.parked.store(true, Ordering::SeqCst);
-            let busy = more_handoffs
-                || more_socket
-                || more_txns
-                || !self.handoff_rx.is_empty()
-                || !self.control_rx.is_empty();
-            let timeout = if busy {
+            let pending = !self.handoff_rx.is_empty() || !self.control_rx.is_empty();
+            let timeout = if busy || pending {
                 Duration::ZERO
             } else {
                 let next_call = self
@@ -311,6 +305,7 @@ impl Worker {
                     .map_or(TIMER_PERIOD_MS, |at| at.saturating_sub(self.now_ms));
                 Duration::from_millis(TIMER_PERIOD_MS.min(next_call).max(1))
             };
+            let parked_at = Instant::now();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(worker = self.id, "poll failed: {e}");
@@ -326,6 +321,9 @@ impl Worker {
                 }
             }
             me.parked.store(false, Ordering::SeqCst);
+            if !(busy || pending) {
+                self.coalescer.after_park(parked_at.elapsed());
+            }
         }
         // Final persistence of what changed since the last tick.
         self.persist();
