@@ -5,6 +5,8 @@
 # the pairs, not figures across separate runs.
 #   usage: perf/ab.sh NAME=BINARY NAME=BINARY [...]
 #   e.g.   perf/ab.sh old=/tmp/sipedge-before new=target/release/sipedge
+#   BINARY may also be `raw` or `kamailio`: that system's steps then run in the rotation, so a
+#   ratio to a reference system is taken from steps minutes apart, not a whole run apart.
 # environment: ROUNDS=2, AB_RATES=24000 (sipp steps), AB_LG="32000 40000" (loadgen steps),
 #   AB_STEP_S=10, OUTDIR=perf/results/ab-<date> (one JSON-lines file per binary and round)
 set -u
@@ -14,13 +16,15 @@ OUTDIR=${OUTDIR:-$PERF/results/ab-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUTDIR"
 for arg in "$@"; do
   bin=${arg#*=}
-  [ -x "$bin" ] || { echo "error: $bin is not an executable (NAME=BINARY)"; exit 2; }
+  case $bin in raw|kamailio) continue ;; esac
+  [ -x "$bin" ] || { echo "error: $bin is not an executable (NAME=BINARY, raw or kamailio)"; exit 2; }
 done
 for round in $(seq "${ROUNDS:-2}"); do
   for arg in "$@"; do
-    name=${arg%%=*}; bin=$(realpath "${arg#*=}")
+    name=${arg%%=*}; bin=${arg#*=}; system=sipedge
+    case $bin in raw|kamailio) system=$bin; bin=$PERF/../target/release/sipedge ;; *) bin=$(realpath "$bin") ;; esac
     out=$OUTDIR/$name-$round.jsonl
-    SIPEDGE=$bin USERTIME=1 SYSTEMS=sipedge SKIP_BUILD=1 RATES="${AB_RATES:-24000}" \
+    SIPEDGE=$bin USERTIME=1 SYSTEMS=$system SKIP_BUILD=1 RATES="${AB_RATES:-24000}" \
       LG_RATES="${AB_LG:-32000 40000}" LAT_RATES=" " STEP_S=${AB_STEP_S:-10} OUT=$out \
       "$PERF/register.sh" > "$OUTDIR/$name-$round.log" 2>&1 || { echo "error: see $OUTDIR/$name-$round.log"; exit 1; }
     python3 - "$out" "$name" "$round" <<'PY'
