@@ -92,8 +92,8 @@ mod tests {
     const LONG: Duration = Duration::from_millis(3);
     const SHORT: Duration = Duration::from_micros(20);
 
-    /// Feeds one burst's turns: the first after a park, the rest after the sleeps they follow.
-    /// Returns how many sleeps the coalescer made, and parks (if it parked, the park is `waited`).
+    /// Feeds one burst's turns (the first after a park, each other after a sleep) until the
+    /// coalescer parks; that park returns after `waited`. Returns the sleeps it made.
     fn burst(c: &mut Coalescer, turns: &[usize], waited: Duration) -> u32 {
         let mut sleeps = 0;
         for &n in turns {
