@@ -5,6 +5,7 @@
 //! [`Snapshot`]. Used from the admin thread, the CLI and the binding persister thread, never from
 //! a signalling worker. Every write is committed before the call returns (durable before 2xx).
 
+pub mod credentials;
 pub mod numbers;
 mod schema;
 pub mod snapshot;

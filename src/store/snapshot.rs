@@ -5,7 +5,7 @@
 //! for calls. The admin thread builds a new one after every committed write and publishes it
 //! (`ArcSwap`); workers only ever read. Lookups take borrowed data and never allocate.
 
-use crate::fasthash::{FastMap, FastSet, InlineKey};
+use crate::fasthash::{FastMap, FastSet};
 use crate::routing::cidr::CidrTable;
 use crate::routing::numbers::E164;
 use crate::sip::digest::{Algorithm, Hex};
@@ -136,7 +136,7 @@ pub struct Snapshot {
     /// Every provisioned realm, lower-cased (the default realm included).
     pub realms: FastSet<Box<[u8]>>,
     /// Keyed by [`credential_key`].
-    pub credentials: FastMap<InlineKey, CredentialAuth>,
+    pub credentials: super::credentials::Credentials,
     pub trunks: Vec<TrunkPolicy>,
     /// Trunk index by source address, longest prefix first (SPEC §3.3 step 2).
     pub trunk_sources: CidrTable<u32>,
@@ -222,14 +222,9 @@ impl Snapshot {
                 .is_some_and(|t| self.numbers.get(cli).and_then(|n| n.tenant.as_deref()) == Some(t))
     }
 
-    /// Looks credential `key` up (its entry's first line is the one the key compare misses on)
-    /// and starts loading the rest of what authenticating it reads: the HA1s further on in the
-    /// entry, and the username.
+    /// Starts loading credential `key`'s entry (key, HA1s), without waiting for it.
     pub fn prefetch_credential(&self, key: &[u8]) {
-        if let Some(c) = self.credentials.get(key) {
-            crate::prefetch::lines(c);
-            crate::prefetch::line(&*c.username);
-        }
+        self.credentials.prefetch(key);
     }
 
     pub fn credential(&self, username: &[u8], realm: &[u8]) -> Option<&CredentialAuth> {
