@@ -22,7 +22,7 @@ done
 for round in $(seq "${ROUNDS:-2}"); do
   for arg in "$@"; do
     name=${arg%%=*}; bin=${arg#*=}; system=sipedge
-    case $bin in raw|kamailio) system=$bin; bin=$PERF/../target/release/sipedge ;; *) bin=$(realpath "$bin") ;; esac
+    case $bin in raw|kamailio) system=$bin; bin= ;; *) bin=$(realpath "$bin") ;; esac
     out=$OUTDIR/$name-$round.jsonl
     SIPEDGE=$bin USERTIME=1 SYSTEMS=$system SKIP_BUILD=1 RATES="${AB_RATES:-24000}" \
       LG_RATES="${AB_LG:-32000 40000}" LAT_RATES=" " STEP_S=${AB_STEP_S:-10} OUT=$out \

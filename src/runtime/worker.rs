@@ -638,15 +638,16 @@ impl Worker {
     /// An authenticated REGISTER reads its owner slot, its credential (key, HA1s, username) and
     /// its registration state: cold lines at an edge server's table sizes, each lookup's miss
     /// waiting for the one before when taken in turn (a fifth of a registration's user time in
-    /// a profile under sipp). Here they are asked for together: the two map lookups do not
-    /// depend on each other, so their misses overlap, and the rest are prefetches that the
-    /// owner check, the transaction lookup and the digest cover. A challenge reads the
+    /// a profile under sipp). Here they are asked for together. The owner slot and the
+    /// credential are prefetches (the credential through its cached slot table); the state is a
+    /// lookup in the registrar's index, which waits, then prefetches of the state's lines. The
+    /// owner check, the transaction lookup and the digest cover the rest. A challenge reads the
     /// credential alone.
     fn warm_register(&self, account: &AccountKey, owner_slot: Option<usize>, state: bool) {
         if let Some(slot) = owner_slot {
             self.owners.prefetch(slot);
         }
-        self.snap.prefetch_credential(account.key());
+        self.snap.credentials.prefetch(account.key());
         if state {
             self.registrar.prefetch(account.key());
         }

@@ -5,7 +5,7 @@
 //! key compare misses (a fifth of `on_datagram`'s time in a profile at sipp 8k/s, RESULTS.md
 //! session 13). Here the entries sit in a `Vec`, and an open-addressing table of 8-byte slots
 //! (a tag from the key's hash and the entry's index) finds them. The slots stay small enough to
-//! be cached (128 KiB at 10,000 credentials), so [`Credentials::prefetch`] reads the slot and
+//! be cached (256 KiB at 10,000 credentials: at most half full), so [`Credentials::prefetch`] reads the slot and
 //! starts loading the entry without waiting for it.
 
 use super::snapshot::CredentialAuth;

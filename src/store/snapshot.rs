@@ -222,11 +222,6 @@ impl Snapshot {
                 .is_some_and(|t| self.numbers.get(cli).and_then(|n| n.tenant.as_deref()) == Some(t))
     }
 
-    /// Starts loading credential `key`'s entry (key, HA1s), without waiting for it.
-    pub fn prefetch_credential(&self, key: &[u8]) {
-        self.credentials.prefetch(key);
-    }
-
     pub fn credential(&self, username: &[u8], realm: &[u8]) -> Option<&CredentialAuth> {
         let mut key = smallvec::SmallVec::<[u8; 128]>::new();
         credential_key(username, realm, &mut key);
