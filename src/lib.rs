@@ -13,6 +13,7 @@ pub mod cdr;
 pub mod cli;
 pub mod config;
 pub mod fasthash;
+pub mod hugemem;
 pub mod limits;
 pub mod media;
 pub mod prefetch;

@@ -424,7 +424,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         })?
     };
     raise_open_files_limit();
-    disable_transparent_huge_pages();
+    limit_huge_pages();
     // Workers pin to cores 0..workers; media threads to the cores after them (wrapping).
     let cores = if std::env::var("SIPEDGE_NO_PIN").as_deref() == Ok("1") {
         Vec::new()
@@ -744,17 +744,26 @@ fn random_hex16() -> [u8; 16] {
     out
 }
 
-/// Transparent huge pages off for this process (tuning.md "Memory"), unless
-/// `SIPEDGE_THP=1`. The allocator asks for huge pages on its arenas; each first touch of one then
-/// zeroes 2 MB inside the fault, and whenever memory is given back and touched again that repeats.
-/// Measured under perf/calls.sh at 6,000 calls/s: `clear_page_erms` was a quarter of sipedge's
-/// CPU, and the registration p99.9 at 64k/s went from 4 ms to 55 ms with huge pages on. Tables
-/// here are small and hot, so the TLB gain does not pay for that.
-fn disable_transparent_huge_pages() {
+/// Transparent huge pages off for this process (tuning.md "Memory") except where a table asks
+/// for them (`hugemem`), unless `SIPEDGE_THP=1`. The allocator asks for huge pages on its arenas;
+/// each first touch of one then zeroes 2 MB inside the fault, and whenever memory is given back
+/// and touched again that repeats. Measured under perf/calls.sh at 6,000 calls/s:
+/// `clear_page_erms` was a quarter of sipedge's CPU, and the registration p99.9 at 64k/s went
+/// from 4 ms to 55 ms with huge pages on. The transaction index is the exception: large, long
+/// lived, read at random. Kernels before 6.18 lack the exception; there everything gets 4 KB
+/// pages.
+fn limit_huge_pages() {
     if std::env::var("SIPEDGE_THP").as_deref() == Ok("1") {
         return;
     }
+    /// `PR_THP_DISABLE_EXCEPT_ADVISED` (linux/prctl.h, 6.18): advised mappings keep THP.
+    const EXCEPT_ADVISED: libc::c_ulong = 1 << 1;
     // SAFETY: prctl with an integer option and integer arguments; no memory is passed.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, EXCEPT_ADVISED, 0, 0) };
+    if rc == 0 {
+        return;
+    }
+    // SAFETY: as above.
     let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     if rc != 0 {
         tracing::warn!("cannot turn transparent huge pages off for this process");

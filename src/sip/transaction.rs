@@ -11,6 +11,7 @@
 
 use super::headers::{RequestHeaders, Via};
 use super::scan::Method;
+use crate::hugemem::{Zeroable, ZeroedSlice};
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 
@@ -188,7 +189,7 @@ struct Done<R> {
 /// A key's bucket is its hash's low bits, so its tag names its bucket in any index of up to
 /// 2^32 buckets: a growing index re-indexes bucket by bucket, reading neither the ring nor the
 /// keys, and both buckets an old one splits into are written in order.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Bucket {
     tags: [u32; SLOTS],
@@ -209,15 +210,20 @@ const SPLITS_PER_COMPLETION: usize = 1;
 /// The most buckets an index may have: a tag must name its bucket.
 const MAX_BUCKETS: usize = 1 << 31;
 
+// SAFETY: integers only; all-zero is the empty bucket.
+unsafe impl Zeroable for Bucket {}
+
+/// The buckets live in their own mapping, on 2 MB pages where the kernel allows (`hugemem`): a
+/// lookup is then a cache miss but rarely also a TLB miss.
 struct Index {
-    buckets: Box<[Bucket]>,
+    buckets: ZeroedSlice<Bucket>,
     mask: usize,
 }
 
 impl Index {
     fn new(buckets: usize) -> Index {
         Index {
-            buckets: vec![Bucket::default(); buckets].into_boxed_slice(),
+            buckets: ZeroedSlice::new(buckets),
             mask: buckets - 1,
         }
     }
