@@ -745,9 +745,10 @@ fn random_hex16() -> [u8; 16] {
 }
 
 /// Transparent huge pages off for this process (tuning.md "Memory") except where a table asks
-/// for them (`hugemem`), unless `SIPEDGE_THP=1`. The allocator asks for huge pages on its arenas;
-/// each first touch of one then zeroes 2 MB inside the fault, and whenever memory is given back
-/// and touched again that repeats. Measured under perf/calls.sh at 6,000 calls/s:
+/// for them (`hugemem`), unless `SIPEDGE_THP=1`. With THP on for the allocator's arenas (a
+/// system setting of `always`; mimalloc itself is built not to ask), each first touch of one
+/// zeroes 2 MB inside the fault, and whenever memory is given back and touched again that
+/// repeats. Measured under perf/calls.sh at 6,000 calls/s:
 /// `clear_page_erms` was a quarter of sipedge's CPU, and the registration p99.9 at 64k/s went
 /// from 4 ms to 55 ms with huge pages on. The transaction index is the exception: large, long
 /// lived, read at random. Kernels before 6.18 lack the exception; there everything gets 4 KB
