@@ -112,6 +112,9 @@ fi
 [ -x "$LG" ] || { echo "error: $LG missing (cargo build --release)"; exit 1; }
 python3 "$PERF/gen_users.py" --n "$USERS" --out "$WORK/users" || exit 1
 USERS_CSV=$WORK/users/users.csv
+# The REGISTER scenario as every sipp run here sends it (bench.py adds -r/-m to the steps').
+SIPP_REGISTER=(sipp -sf "$PERF/sipp/register.xml" -inf "$USERS_CSV" 127.0.0.1:$PORT -i 127.0.0.1 -p 5060
+  -l 15000 -recv_timeout 5000 -buff_size 4194304)
 
 {
   echo "date: $(date -Is)"
@@ -132,9 +135,8 @@ USERS_CSV=$WORK/users/users.csv
 warm_up() { # system: unrecorded sipp load, bounded by its call count and timeout
   [ "$WARM_S" -gt 0 ] 2>/dev/null || return 0
   log "$1: warm-up, sipp $WARM_RATE reg/s x ${WARM_S}s (not recorded)"
-  "${GEN[@]}" sipp -sf "$PERF/sipp/register.xml" -inf "$USERS_CSV" 127.0.0.1:$PORT -i 127.0.0.1 -p 5060 \
-    -r "$WARM_RATE" -m $((WARM_RATE * WARM_S)) -l 15000 -recv_timeout 5000 -timeout $((WARM_S * 3 + 20))s \
-    -buff_size 4194304 -nostdin > "$WORK/warm-$1.log" 2>&1
+  "${GEN[@]}" "${SIPP_REGISTER[@]}" -r "$WARM_RATE" -m $((WARM_RATE * WARM_S)) \
+    -timeout $((WARM_S * 3 + 20))s -nostdin > "$WORK/warm-$1.log" 2>&1
   sleep 2
 }
 sipp_steps() { # system pid
@@ -143,8 +145,7 @@ sipp_steps() { # system pid
     log "$1: sipp $R reg/s x ${STEP_S}s"
     python3 "$PERF/bench.py" --system "$1" --label "$1-sipp" --rate "$R" --calls $((R * STEP_S)) \
       --watch "$2" --out "$OUT" --max-s $((STEP_S * 3 + 60)) ${USERTIME:+--usertime} -- \
-      "${GEN[@]}" sipp -sf "$PERF/sipp/register.xml" -inf "$USERS_CSV" 127.0.0.1:$PORT -i 127.0.0.1 -p 5060 \
-      -l 15000 -recv_timeout 5000 -timeout $((STEP_S * 3 + 20))s -buff_size 4194304
+      "${GEN[@]}" "${SIPP_REGISTER[@]}" -timeout $((STEP_S * 3 + 20))s
     sleep 2
   done
 }
