@@ -9,7 +9,7 @@
 #   ratio to a reference system is taken from steps minutes apart, not a whole run apart.
 # environment: ROUNDS=2, AB_RATES=24000 (sipp steps), AB_LG="32000 40000" (loadgen steps),
 #   AB_STEP_S=10, OUTDIR=perf/results/ab-<date> (one JSON-lines file per binary and round);
-#   register.sh's own knobs pass through (USERS, WARM_S, WARM_RATE)
+#   register.sh's own knobs pass through (USERS, WARM_S)
 set -u
 PERF=$(cd "$(dirname "$0")" && pwd)
 [ $# -ge 2 ] || { sed -n '2,9p' "$0"; exit 2; }
